@@ -1,0 +1,115 @@
+/* kernels/backend.h — the one interface every compute backend fills (CPU now, CUDA next):
+ * a struct of function pointers over buffers in the backend's memory. */
+#ifndef DUET_KERNELS_BACKEND_H
+#define DUET_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../lib/base/status.h"
+#include "dtype.h"
+
+#define DUET_KV_BLOCK_TOKENS 16
+
+/* A weight matrix y = W x with W of shape [rows][cols], rows stored in GGUF order. */
+typedef struct {
+    uint32_t type;       /* duet_type_t of the stored rows */
+    int rows;            /* output features */
+    int cols;            /* input features; a multiple of the type's block size */
+    size_t row_bytes;
+    const void *data;    /* [rows][row_bytes], host memory (usually the mmapped file) */
+    void *packed;        /* the backend's own copy or layout, made by prepare_weight; else NULL */
+} duet_weight_t;
+
+/* The paged KV pool, f16:
+ *   base[n_blocks][n_layer][2 (K, V)][n_kv_head][DUET_KV_BLOCK_TOKENS][head_dim]
+ * One (block, layer, K|V) slice is contiguous, and so is one (block, layer) pair of slices. */
+typedef struct {
+    uint16_t *base;
+    int n_blocks;
+    int n_layer;
+    int n_kv_head;
+    int head_dim;
+} duet_kv_pool_view_t;
+
+/* Elements in one K (or V) slice of one block and layer. */
+static inline size_t duet_kv_slice_elems(const duet_kv_pool_view_t *p)
+{
+    return (size_t)p->n_kv_head * DUET_KV_BLOCK_TOKENS * (size_t)p->head_dim;
+}
+
+/* Address of the K (kv = 0) or V (kv = 1) slice of a block and layer. */
+static inline uint16_t *duet_kv_slice(const duet_kv_pool_view_t *p, int block, int layer, int kv)
+{
+    size_t slice = duet_kv_slice_elems(p);
+    return p->base + (((size_t)block * (size_t)p->n_layer + (size_t)layer) * 2 + (size_t)kv) * slice;
+}
+
+/* Which rows of q/out belong to which sequence, and where each sequence's KV lives.
+ * Sequence s owns rows tok_start[s] .. tok_start[s+1]-1; they are its newest tokens, at positions
+ * kv_len[s] - n_new .. kv_len[s] - 1, and their K/V are already in the pool (kv_write first).
+ * Position p of sequence s lives in block block_table[s * max_blocks + p / 16], row p % 16. */
+typedef struct {
+    int n_seq;
+    const int32_t *tok_start;    /* [n_seq + 1] */
+    const int32_t *kv_len;       /* [n_seq] */
+    const int32_t *block_table;  /* [n_seq][max_blocks] */
+    int max_blocks;
+} duet_attn_batch_t;
+
+typedef struct duet_backend duet_backend_t;
+
+/* Every pointer argument is backend memory (alloc) unless it says host. Ops may run in
+ * parallel inside; each returns when its result is complete (or, for a backend with a queue,
+ * ordered before the next op; synchronize waits). Outputs never alias inputs unless stated. */
+struct duet_backend {
+    const char *name;   /* "cpu-avx2", "cpu-scalar", "cuda" */
+    void *ctx;
+
+    void *(*alloc)(duet_backend_t *be, size_t bytes);                  /* zeroed; NULL when out of memory */
+    void  (*free)(duet_backend_t *be, void *ptr);
+    void  (*upload)(duet_backend_t *be, void *dst, const void *host_src, size_t bytes);
+    void  (*download)(duet_backend_t *be, void *host_dst, const void *src, size_t bytes);
+    void  (*synchronize)(duet_backend_t *be);                           /* optional */
+
+    /* Optional: make w->packed (a copy in backend memory or a faster layout). */
+    duet_status_t (*prepare_weight)(duet_backend_t *be, duet_weight_t *w);
+    void          (*release_weight)(duet_backend_t *be, duet_weight_t *w); /* optional, pairs with prepare */
+
+    /* out[i] = row tokens[i] of table, as f32. tokens is host memory; ids are < table->rows. */
+    void (*embed)(duet_backend_t *be, const duet_weight_t *table, const int32_t *tokens, int n,
+                  float *out /* [n][table->cols] */);
+    /* out = x / sqrt(mean(x^2) + eps) * w, row by row; out may be x. */
+    void (*rmsnorm)(duet_backend_t *be, const float *x /* [n][dim] */, const float *w /* [dim] */,
+                    float eps, int n, int dim, float *out /* [n][dim] */);
+    /* out = x W^T (+ bias when not NULL). */
+    void (*matmul)(duet_backend_t *be, const duet_weight_t *w, const float *bias /* [rows] or NULL */,
+                   const float *x /* [n][cols] */, int n, float *out /* [n][rows] */);
+    /* Rotates the first rot_dim dims of each head in place, by position pos[i] (host memory).
+     * neox = 0 pairs (2j, 2j+1) (llama); neox = 1 pairs (j, j + rot_dim/2) (qwen2, HF llama). */
+    void (*rope)(duet_backend_t *be, float *x /* [n][n_head][head_dim] */, const int32_t *pos, int n,
+                 int n_head, int head_dim, int rot_dim, float theta, int neox);
+    /* Stores token i's K and V (rounded to f16) at slot[i] = block * 16 + row (host memory). */
+    void (*kv_write)(duet_backend_t *be, const duet_kv_pool_view_t *pool, int layer,
+                     const float *k /* [n][n_kv_head][head_dim] */, const float *v /* same */,
+                     const int32_t *slots, int n);
+    /* Causal attention of each new token over its sequence's pool positions 0..its own position,
+     * softmax(q k^T * scale) v, query head h reading KV head h / (n_head / n_kv_head).
+     * attn_prefill is built for many new tokens per sequence, attn_decode for one; both give the
+     * same result for any batch. batch is host memory. */
+    void (*attn_prefill)(duet_backend_t *be, const duet_kv_pool_view_t *pool, int layer,
+                         const float *q /* [n_tok][n_head][head_dim] */, int n_head,
+                         const duet_attn_batch_t *batch, float scale,
+                         float *out /* [n_tok][n_head][head_dim] */);
+    void (*attn_decode)(duet_backend_t *be, const duet_kv_pool_view_t *pool, int layer,
+                        const float *q, int n_head, const duet_attn_batch_t *batch, float scale,
+                        float *out);
+    /* out = silu(gate) * up, elementwise; out may be gate. */
+    void (*swiglu)(duet_backend_t *be, const float *gate, const float *up, size_t n, float *out);
+    /* x += y, elementwise. */
+    void (*add)(duet_backend_t *be, float *x, const float *y, size_t n);
+
+    void (*destroy)(duet_backend_t *be);
+};
+
+#endif

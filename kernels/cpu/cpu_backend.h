@@ -1,0 +1,26 @@
+/* kernels/cpu/cpu_backend.h — the CPU backend: scalar reference kernels, and AVX2/FMA kernels
+ * chosen at run time when the CPU has them. */
+#ifndef DUET_KERNELS_CPU_BACKEND_H
+#define DUET_KERNELS_CPU_BACKEND_H
+
+#include "../backend.h"
+
+typedef enum {
+    DUET_CPU_ISA_AUTO = 0,   /* the best this CPU supports */
+    DUET_CPU_ISA_SCALAR,     /* plain C: the reference every vectorized kernel is tested against */
+    DUET_CPU_ISA_AVX2,       /* AVX2 + FMA + F16C; refused on a CPU without them */
+} duet_cpu_isa_t;
+
+typedef struct {
+    int n_threads;           /* 0: every CPU this process may use */
+    duet_cpu_isa_t isa;
+} duet_cpu_conf_t;
+
+/* Creates a CPU backend; *be_p is destroyed with be->destroy(be).
+ * DUET_ERR_UNSUPPORTED when the requested ISA is missing on this CPU. */
+duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_t **be_p);
+
+/* Whether this CPU can run the given ISA. */
+int duet_cpu_isa_supported(duet_cpu_isa_t isa);
+
+#endif

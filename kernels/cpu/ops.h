@@ -1,0 +1,51 @@
+/* kernels/cpu/ops.h — the row-level inner kernels of the CPU backend (internal to kernels/cpu):
+ * one table filled twice, by ops_scalar.c (plain C, the reference) and ops_avx2.c. */
+#ifndef DUET_KERNELS_CPU_OPS_H
+#define DUET_KERNELS_CPU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A weight row is dotted with up to this many activation rows per call, so one decode of the
+ * row (nibbles to floats) serves several tokens. */
+#define DUET_CPU_DOT_MAX_NX 4
+
+/* out[t * ldo] = dot(w_row[0..k), x[t * ldx + 0..k)) for t < nx (1 <= nx <= DUET_CPU_DOT_MAX_NX).
+ * k is a multiple of the type's block size; any k >= 0 for the plain types. */
+typedef void (*duet_cpu_dot_fn)(int k, const void *w_row, const float *x, size_t ldx, int nx,
+                                float *out, size_t ldo);
+
+typedef struct {
+    const char *name;
+
+    /* Weight rows of each type against f32 activations (matmul), and an f16 K row against
+     * query rows (attention scores). */
+    duet_cpu_dot_fn dot_f32, dot_f16, dot_bf16, dot_q8_0, dot_q4_0, dot_q4_1;
+
+    /* sum of x[i]^2 (rmsnorm). */
+    float (*sum_sq)(const float *x, int n);
+    /* out[i] = x[i] * s * w[i]; out may be x. */
+    void  (*scale_mul)(float *out, const float *x, float s, const float *w, int n);
+    /* out[i] = x[i] * s; out may be x. */
+    void  (*scale)(float *out, const float *x, float s, int n);
+    /* s[i] = exp(s[i] - shift); returns the sum of the new s[i] (softmax). */
+    float (*exp_shift_sum)(float *s, int n, float shift);
+    /* acc[i] += a * f16 v[i] (attention: one V row into the output accumulator). */
+    void  (*axpy_f16)(float *acc, float a, const uint16_t *v, int n);
+    /* dst[i] = f16(src[i]), round to nearest even (kv_write). */
+    void  (*f32_to_f16)(uint16_t *dst, const float *src, int n);
+    /* Rotates pairs by angles whose cos/sin are given, half = rot_dim / 2 pairs:
+     * neox = 0 pairs (2j, 2j+1), neox = 1 pairs (j, j + half). */
+    void  (*rope_row)(float *x, const float *cos_t, const float *sin_t, int half, int neox);
+    /* out[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u; out may be g. */
+    void  (*silu_mul)(float *out, const float *g, const float *u, size_t n);
+    /* x[i] += y[i]. */
+    void  (*add)(float *x, const float *y, size_t n);
+} duet_cpu_ops_t;
+
+extern const duet_cpu_ops_t duet_cpu_ops_scalar;
+/* The AVX2/FMA/F16C table, or NULL when this build has no such kernels (a non-x86 target). The
+ * caller checks the CPU first. */
+const duet_cpu_ops_t *duet_cpu_ops_avx2(void);
+
+#endif

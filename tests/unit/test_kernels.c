@@ -1,0 +1,732 @@
+/* tests/unit/test_kernels.c — the CPU backend: every op of backend.h run by the AVX2 kernels and by
+ * the scalar reference on odd shapes and compared, the reference checked against naive double
+ * precision code written here, and the reference quantizers checked for layout and error bounds. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "cpu/cpu_backend.h"
+#include "quant.h"
+
+static duet_backend_t *be_scalar, *be_avx2;  /* be_avx2 is NULL on a CPU without AVX2 */
+
+/* ---- helpers ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static float frand(float lo, float hi)  /* xorshift64*: the same numbers on every run */
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    uint64_t r = rng_state * 0x2545f4914f6cdd1dull;
+    return lo + (hi - lo) * (float)((r >> 40) / (double)(1ull << 24));
+}
+
+static void fill_rand(float *x, size_t n, float lo, float hi)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = frand(lo, hi);
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+/* Largest |a - b| / (abs_tol + rel_tol * |ref|) over n values; <= 1 passes. */
+static double worst_ratio(const float *a, const float *b, const float *ref, size_t n, double abs_tol,
+                          double rel_tol)
+{
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (isnan(a[i]) != isnan(b[i]) || isnan(d))
+            return INFINITY;
+        double r = d / (abs_tol + rel_tol * fabs((double)ref[i]));
+        if (r > worst)
+            worst = r;
+    }
+    return worst;
+}
+
+static const uint32_t all_types[] = {DUET_TYPE_F32, DUET_TYPE_F16, DUET_TYPE_BF16,
+                                     DUET_TYPE_Q8_0, DUET_TYPE_Q4_0, DUET_TYPE_Q4_1};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
+
+static const char *type_name(uint32_t type)
+{
+    return duet_type_traits(type)->name;
+}
+
+/* ---- backend basics ---- */
+
+static void test_backend_create(void)
+{
+    duet_backend_t *be = NULL;
+    CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 2, .isa = DUET_CPU_ISA_AUTO}, &be),
+                 DUET_OK);
+    CHECK(be && strcmp(be->name, duet_cpu_isa_supported(DUET_CPU_ISA_AVX2) ? "cpu-avx2" : "cpu-scalar") == 0);
+    CHECK(be->alloc && be->free && be->upload && be->download && be->embed && be->rmsnorm &&
+          be->matmul && be->rope && be->kv_write && be->attn_prefill && be->attn_decode &&
+          be->swiglu && be->add && be->destroy);
+    unsigned char *p = be->alloc(be, 1000);
+    CHECK(p && ((uintptr_t)p & 63) == 0);
+    int zero = 1;
+    for (int i = 0; i < 1000; i++)
+        zero &= p[i] == 0;
+    CHECK_MSG(zero, "alloc must return zeroed memory");
+    unsigned char host[1000];
+    for (int i = 0; i < 1000; i++)
+        host[i] = (unsigned char)i;
+    be->upload(be, p, host, sizeof host);
+    memset(host, 0, sizeof host);
+    be->download(be, host, p, sizeof host);
+    CHECK(host[999] == (unsigned char)999 && host[1] == 1);
+    be->free(be, p);
+    be->destroy(be);
+    CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = -1}, &be), DUET_ERR_INVALID);
+    CHECK(duet_cpu_isa_supported(DUET_CPU_ISA_SCALAR));
+}
+
+/* ---- quantization ---- */
+
+/* Hand-made blocks: the stored bits must be exactly ggml's, nibble order included. */
+static void test_quant_layout(void)
+{
+    float x[DUET_QK], y[DUET_QK];
+    /* Q4_1: 0 in the first half, 15 in the second: d = 1, m = 0, every byte 0xf0 (element j in
+     * the low nibble, element j + 16 in the high one). */
+    for (int j = 0; j < DUET_QK; j++)
+        x[j] = j < 16 ? 0.0f : 15.0f;
+    duet_block_q4_1_t b41;
+    CHECK_EQ_INT(duet_quantize_row(DUET_TYPE_Q4_1, x, &b41, DUET_QK), DUET_OK);
+    CHECK_EQ_INT(b41.d, 0x3c00);
+    CHECK_EQ_INT(b41.m, 0x0000);
+    int ok = 1;
+    for (int j = 0; j < 16; j++)
+        ok &= b41.qs[j] == 0xf0;
+    CHECK_MSG(ok, "Q4_1 nibble order");
+    /* Q4_0: -8 (largest magnitude, negative) gives d = 1 and q = 0; 7 gives q = 15. */
+    for (int j = 0; j < DUET_QK; j++)
+        x[j] = j < 16 ? -8.0f : 7.0f;
+    duet_block_q4_0_t b40;
+    CHECK_EQ_INT(duet_quantize_row(DUET_TYPE_Q4_0, x, &b40, DUET_QK), DUET_OK);
+    CHECK_EQ_INT(b40.d, 0x3c00);
+    ok = 1;
+    for (int j = 0; j < 16; j++)
+        ok &= b40.qs[j] == 0xf0;
+    CHECK_MSG(ok, "Q4_0 nibble order");
+    CHECK_EQ_INT(duet_dequantize_row(DUET_TYPE_Q4_0, &b40, y, DUET_QK), DUET_OK);
+    CHECK(y[0] == -8.0f && y[31] == 7.0f);
+    /* Q4_0 with the largest magnitude positive: d = -1, and the value itself maps to q = 0. */
+    for (int j = 0; j < DUET_QK; j++)
+        x[j] = j == 5 ? 8.0f : 0.0f;
+    CHECK_EQ_INT(duet_quantize_row(DUET_TYPE_Q4_0, x, &b40, DUET_QK), DUET_OK);
+    CHECK_EQ_INT(b40.d, 0xbc00);
+    CHECK_EQ_INT(b40.qs[5] & 0x0f, 0);
+    CHECK_EQ_INT(b40.qs[0], 0x88);
+    /* Q8_0: amax 127 gives d = 1, so q is x itself. */
+    for (int j = 0; j < DUET_QK; j++)
+        x[j] = (float)(j - 16);
+    x[0] = -127.0f;
+    duet_block_q8_0_t b80;
+    CHECK_EQ_INT(duet_quantize_row(DUET_TYPE_Q8_0, x, &b80, DUET_QK), DUET_OK);
+    CHECK_EQ_INT(b80.d, 0x3c00);
+    ok = 1;
+    for (int j = 0; j < DUET_QK; j++)
+        ok &= b80.qs[j] == (int8_t)x[j];
+    CHECK_MSG(ok, "Q8_0 values");
+    /* Q4_1 by hand: elements 1, 2, ... 32: d = 31/15, m = 1. */
+    for (int j = 0; j < DUET_QK; j++)
+        x[j] = (float)(j + 1);
+    CHECK_EQ_INT(duet_quantize_row(DUET_TYPE_Q4_1, x, &b41, DUET_QK), DUET_OK);
+    CHECK_EQ_INT(b41.d, duet_fp32_to_fp16(31.0f / 15.0f));
+    CHECK_EQ_INT(b41.m, 0x3c00);
+    CHECK_EQ_INT(b41.qs[0], 8 << 4 | 0);             /* 1 -> 0; 17 -> (16 * 15/31 + .5) = 8 */
+    CHECK_EQ_INT(b41.qs[15], 15 << 4 | 7);           /* 16 -> (15 * 15/31 + .5) = 7; 32 -> 15 */
+    /* Errors. */
+    CHECK_EQ_INT(duet_quantize_row(DUET_TYPE_Q4_1, x, &b41, 31), DUET_ERR_INVALID);
+    CHECK_EQ_INT(duet_dequantize_row(DUET_TYPE_Q8_0, &b80, y, 33), DUET_ERR_INVALID);
+    CHECK_EQ_INT(duet_quantize_row(77, x, &b41, 32), DUET_ERR_UNSUPPORTED);
+    CHECK_EQ_INT(duet_dequantize_row(77, &b41, y, 32), DUET_ERR_UNSUPPORTED);
+}
+
+/* dequantize(quantize(x)) stays within these bounds, per block of 32 with amax = max |x|:
+ *   F32  exact
+ *   F16  |e| <= |x| * 2^-11 + 2^-25 (half a unit in the last place, or of the subnormal step)
+ *   BF16 |e| <= |x| * 2^-8
+ *   Q8_0 |e| <= 0.57 d, d = amax / 127 (half a step, plus 127 steps of d's own f16 rounding)
+ *   Q4_0 |e| <= 0.51 d, d = amax / 8, except 1.01 d for values past 7.5 d on the side opposite
+ *        the largest magnitude (they clamp at q = 15, i.e. 7 d)
+ *   Q4_1 |e| <= 0.52 d + |min| * 2^-10, d = (max - min) / 15 (half a step, f16 rounding of d, m)
+ * The bounds are checked on blocks whose scale ranges over 1e-2 .. 1e3. */
+static void test_quant_roundtrip(void)
+{
+    enum { NB = 64, N = NB * DUET_QK };
+    float *x = xmalloc(N * sizeof *x), *y = xmalloc(N * sizeof *y);
+    void *q = xmalloc(N * sizeof(float));
+    for (int b = 0; b < NB; b++) {
+        float s = powf(10.0f, frand(-2.0f, 3.0f));
+        float off = b % 3 == 0 ? frand(-s, s) : 0.0f;  /* Q4_1 blocks not centred on 0 */
+        fill_rand(x + b * DUET_QK, DUET_QK, off - s, off + s);
+    }
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        uint32_t type = all_types[ti];
+        CHECK_EQ_INT(duet_quantize_row(type, x, q, N), DUET_OK);
+        CHECK_EQ_INT(duet_dequantize_row(type, q, y, N), DUET_OK);
+        int bad = 0;
+        for (int b = 0; b < NB; b++) {
+            const float *xb = x + b * DUET_QK, *yb = y + b * DUET_QK;
+            float amax = 0, mn = xb[0], mx = xb[0], sign_of_max = 1;
+            for (int j = 0; j < DUET_QK; j++) {
+                if (fabsf(xb[j]) > amax)
+                    sign_of_max = xb[j] < 0 ? -1.0f : 1.0f;
+                amax = fmaxf(amax, fabsf(xb[j]));
+                mn = fminf(mn, xb[j]);
+                mx = fmaxf(mx, xb[j]);
+            }
+            for (int j = 0; j < DUET_QK; j++) {
+                double e = fabs((double)xb[j] - yb[j]), bound = 0;
+                switch (type) {
+                case DUET_TYPE_F32:  bound = 0; break;
+                case DUET_TYPE_F16:  bound = fabsf(xb[j]) * 0x1p-11 + 0x1p-25; break;
+                case DUET_TYPE_BF16: bound = fabsf(xb[j]) * 0x1p-8; break;
+                case DUET_TYPE_Q8_0: bound = 0.57 * amax / 127; break;
+                case DUET_TYPE_Q4_0:  /* only the value opposite the extreme can clamp */
+                    bound = (xb[j] * sign_of_max < -7.49f * amax / 8 ? 1.01 : 0.51) * amax / 8;
+                    break;
+                case DUET_TYPE_Q4_1: bound = 0.52 * (mx - mn) / 15 + fabsf(mn) * 0x1p-10; break;
+                }
+                if (e > bound && bad++ < 3)
+                    fprintf(stderr, "  %s block %d elem %d: x %g -> %g, error %g > bound %g\n",
+                            type_name(type), b, j, xb[j], yb[j], e, bound);
+            }
+        }
+        CHECK_MSG(bad == 0, "%s round trip: %d values over the bound", type_name(type), bad);
+    }
+    free(x);
+    free(y);
+    free(q);
+}
+
+/* ---- matmul ---- */
+
+typedef struct {
+    duet_weight_t w;
+    float *deq;   /* [rows][cols], the dequantized weights */
+} test_weight_t;
+
+static test_weight_t make_weight(uint32_t type, int rows, int cols)
+{
+    test_weight_t t;
+    size_t rb = duet_type_row_bytes(type, cols);
+    float *src = xmalloc((size_t)rows * cols * sizeof *src);
+    uint8_t *data = xmalloc((size_t)rows * rb);
+    t.deq = xmalloc((size_t)rows * cols * sizeof *t.deq);
+    fill_rand(src, (size_t)rows * cols, -1.0f, 1.0f);
+    for (int r = 0; r < rows; r++) {
+        duet_quantize_row(type, src + (size_t)r * cols, data + (size_t)r * rb, cols);
+        duet_dequantize_row(type, data + (size_t)r * rb, t.deq + (size_t)r * cols, cols);
+    }
+    free(src);
+    t.w = (duet_weight_t){.type = type, .rows = rows, .cols = cols, .row_bytes = rb, .data = data};
+    return t;
+}
+
+static void free_weight(test_weight_t *t)
+{
+    free((void *)t->w.data);
+    free(t->deq);
+}
+
+/* Reference: the dequantized weights times x in double. Tolerance, per output: every f32 path
+ * must be within 5e-6 * sum_i |w_i x_i| + 1e-6 of it (f32 accumulation over <= 1536 terms; the
+ * observed worst is ~1.3e-7); AVX2 and scalar are compared with twice that. */
+static void test_matmul(void)
+{
+    /* 40 and 100 (plain types only) leave tails of 8 and 4 after the 16-wide loop. */
+    static const int cols_list[] = {32, 96, 576, 1536, 40, 100};
+    static const int rows_list[] = {1, 7, 33, 192};
+    static const int n_list[] = {1, 3, 17};
+    int cases = 0, failed = 0;
+    for (size_t ti = 0; ti < N_TYPES; ti++)
+        for (size_t ci = 0; ci < 6; ci++)
+            for (size_t ri = 0; ri < 4; ri++) {
+                uint32_t type = all_types[ti];
+                int cols = cols_list[ci], rows = rows_list[ri];
+                if (cols % DUET_QK != 0 && duet_type_traits(type)->block_elems != 1)
+                    continue;
+                test_weight_t tw = make_weight(type, rows, cols);
+                float *bias = xmalloc((size_t)rows * sizeof *bias);
+                fill_rand(bias, rows, -2.0f, 2.0f);
+                for (size_t ni = 0; ni < 3; ni++)
+                    for (int with_bias = 0; with_bias < 2; with_bias++) {
+                        int n = n_list[ni];
+                        size_t no = (size_t)n * rows;
+                        float *x = xmalloc((size_t)n * cols * sizeof *x);
+                        float *ref = xmalloc(no * sizeof *ref), *tol = xmalloc(no * sizeof *tol);
+                        float *os = xmalloc(no * sizeof *os), *oa = xmalloc(no * sizeof *oa);
+                        fill_rand(x, (size_t)n * cols, -1.0f, 1.0f);
+                        for (int i = 0; i < n; i++)
+                            for (int r = 0; r < rows; r++) {
+                                double sum = with_bias ? bias[r] : 0.0, mag = 0.0;
+                                for (int c = 0; c < cols; c++) {
+                                    double p = (double)tw.deq[(size_t)r * cols + c] * x[(size_t)i * cols + c];
+                                    sum += p;
+                                    mag += fabs(p);
+                                }
+                                ref[(size_t)i * rows + r] = (float)sum;
+                                tol[(size_t)i * rows + r] = (float)(5e-6 * mag + 1e-6);
+                            }
+                        const float *b = with_bias ? bias : NULL;
+                        be_scalar->matmul(be_scalar, &tw.w, b, x, n, os);
+                        double worst_s = 0, worst_a = 0;
+                        for (size_t k = 0; k < no; k++) {
+                            double rs = fabs((double)os[k] - ref[k]) / tol[k];
+                            worst_s = rs > worst_s || isnan(rs) ? rs : worst_s;
+                        }
+                        if (be_avx2) {
+                            be_avx2->matmul(be_avx2, &tw.w, b, x, n, oa);
+                            for (size_t k = 0; k < no; k++) {
+                                double ra = fabs((double)oa[k] - os[k]) / (2 * tol[k]);
+                                worst_a = ra > worst_a || isnan(ra) ? ra : worst_a;
+                            }
+                        }
+                        cases++;
+                        if (!(worst_s <= 1.0) || !(worst_a <= 1.0)) {
+                            failed++;
+                            fprintf(stderr, "  matmul %s rows %d cols %d n %d bias %d: scalar/ref %.3g, avx2/scalar %.3g (of tolerance)\n",
+                                    type_name(type), rows, cols, n, with_bias, worst_s, worst_a);
+                        }
+                        free(x);
+                        free(ref);
+                        free(tol);
+                        free(os);
+                        free(oa);
+                    }
+                free(bias);
+                free_weight(&tw);
+            }
+    CHECK_MSG(failed == 0, "%d of %d matmul cases out of tolerance", failed, cases);
+}
+
+/* ---- embed ---- */
+
+/* Rows are converted exactly, so both ISAs must give the dequantized rows bit for bit. */
+static void test_embed(void)
+{
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        test_weight_t tw = make_weight(all_types[ti], 50, 96);
+        int32_t tokens[17];
+        for (int i = 0; i < 17; i++)
+            tokens[i] = (i * 31 + 7) % 50;
+        float *os = xmalloc(17 * 96 * sizeof *os), *oa = xmalloc(17 * 96 * sizeof *oa);
+        int n_list[] = {1, 3, 17};
+        for (int k = 0; k < 3; k++) {
+            int n = n_list[k];
+            be_scalar->embed(be_scalar, &tw.w, tokens, n, os);
+            int ok = 1;
+            for (int i = 0; i < n; i++)
+                ok &= memcmp(os + i * 96, tw.deq + tokens[i] * 96, 96 * sizeof(float)) == 0;
+            CHECK_MSG(ok, "embed %s n %d: rows differ from dequantize", type_name(all_types[ti]), n);
+            if (be_avx2) {
+                be_avx2->embed(be_avx2, &tw.w, tokens, n, oa);
+                CHECK_MSG(memcmp(os, oa, (size_t)n * 96 * sizeof(float)) == 0, "embed %s n %d: avx2 differs",
+                          type_name(all_types[ti]), n);
+            }
+        }
+        free(os);
+        free(oa);
+        free_weight(&tw);
+    }
+}
+
+/* ---- rmsnorm ---- */
+
+/* Reference in double; tolerance |a - ref| <= 1e-7 + 2e-6 |ref| (a few f32 roundings). Also in
+ * place (out = x). */
+static void test_rmsnorm(void)
+{
+    static const int dims[] = {33, 100, 576, 1000};
+    static const int ns[] = {1, 3, 17};
+    for (int di = 0; di < 4; di++)
+        for (int ni = 0; ni < 3; ni++) {
+            int dim = dims[di], n = ns[ni];
+            size_t sz = (size_t)n * dim;
+            float *x = xmalloc(sz * sizeof *x), *w = xmalloc(dim * sizeof *w), *ref = xmalloc(sz * sizeof *ref);
+            float *os = xmalloc(sz * sizeof *os), *oa = xmalloc(sz * sizeof *oa);
+            fill_rand(x, sz, -3.0f, 3.0f);
+            fill_rand(w, dim, -2.0f, 2.0f);
+            float eps = 1e-5f;
+            for (int i = 0; i < n; i++) {
+                double ss = 0;
+                for (int j = 0; j < dim; j++)
+                    ss += (double)x[i * dim + j] * x[i * dim + j];
+                double s = 1.0 / sqrt(ss / dim + eps);
+                for (int j = 0; j < dim; j++)
+                    ref[i * dim + j] = (float)(x[i * dim + j] * s * w[j]);
+            }
+            be_scalar->rmsnorm(be_scalar, x, w, eps, n, dim, os);
+            CHECK_MSG(worst_ratio(os, ref, ref, sz, 1e-7, 2e-6) <= 1.0, "rmsnorm scalar dim %d n %d", dim, n);
+            if (be_avx2) {
+                memcpy(oa, x, sz * sizeof *oa);
+                be_avx2->rmsnorm(be_avx2, oa, w, eps, n, dim, oa);  /* in place */
+                CHECK_MSG(worst_ratio(oa, os, ref, sz, 2e-7, 4e-6) <= 1.0, "rmsnorm avx2 dim %d n %d", dim, n);
+            }
+            free(x);
+            free(w);
+            free(ref);
+            free(os);
+            free(oa);
+        }
+}
+
+/* ---- rope ---- */
+
+/* Reference with double angles and rotation; tolerance |a - ref| <= 2e-6 (1 + |ref|) (inputs in
+ * [-1, 1]: cos/sin rounded to f32, then two products). Dims past rot_dim must be untouched, bit
+ * for bit. */
+static void test_rope(void)
+{
+    static const int hds[] = {64, 80};
+    static const int ns[] = {1, 3, 17};
+    int n_head = 3;
+    for (int hi = 0; hi < 2; hi++)
+        for (int ri = 0; ri < 4; ri++)
+            for (int ni = 0; ni < 3; ni++)
+                for (int neox = 0; neox < 2; neox++) {
+                    int hd = hds[hi], n = ns[ni];
+                    int rot = ri == 0 ? hd : ri == 1 ? 32 : ri == 2 ? 24 : 18;  /* 18: 9 pairs, a tail */
+                    float theta = ri % 2 ? 1e6f : 1e4f;
+                    size_t sz = (size_t)n * n_head * hd;
+                    float *x = xmalloc(sz * sizeof *x), *ref = xmalloc(sz * sizeof *ref);
+                    float *os = xmalloc(sz * sizeof *os), *oa = xmalloc(sz * sizeof *oa);
+                    int32_t pos[17];
+                    fill_rand(x, sz, -1.0f, 1.0f);
+                    for (int i = 0; i < n; i++)
+                        pos[i] = i == 0 ? 0 : (int32_t)frand(0, 5000);
+                    memcpy(ref, x, sz * sizeof *ref);
+                    for (int i = 0; i < n; i++)
+                        for (int h = 0; h < n_head; h++) {
+                            float *v = ref + ((size_t)i * n_head + h) * hd;
+                            const float *src = x + ((size_t)i * n_head + h) * hd;
+                            for (int j = 0; j < rot / 2; j++) {
+                                double ang = pos[i] * pow(theta, -2.0 * j / rot);
+                                int i0 = neox ? j : 2 * j, i1 = neox ? j + rot / 2 : 2 * j + 1;
+                                v[i0] = (float)(src[i0] * cos(ang) - src[i1] * sin(ang));
+                                v[i1] = (float)(src[i1] * cos(ang) + src[i0] * sin(ang));
+                            }
+                        }
+                    memcpy(os, x, sz * sizeof *os);
+                    memcpy(oa, x, sz * sizeof *oa);
+                    be_scalar->rope(be_scalar, os, pos, n, n_head, hd, rot, theta, neox);
+                    CHECK_MSG(worst_ratio(os, ref, ref, sz, 2e-6, 2e-6) <= 1.0,
+                              "rope scalar hd %d rot %d n %d neox %d", hd, rot, n, neox);
+                    int untouched = 1;
+                    for (size_t k = 0; k < sz; k++)
+                        if ((int)(k % hd) >= rot)
+                            untouched &= os[k] == x[k];
+                    CHECK_MSG(untouched, "rope touched dims past rot_dim");
+                    if (be_avx2) {
+                        be_avx2->rope(be_avx2, oa, pos, n, n_head, hd, rot, theta, neox);
+                        CHECK_MSG(worst_ratio(oa, os, ref, sz, 1e-6, 1e-6) <= 1.0,
+                                  "rope avx2 hd %d rot %d n %d neox %d", hd, rot, n, neox);
+                    }
+                    free(x);
+                    free(ref);
+                    free(os);
+                    free(oa);
+                }
+}
+
+/* ---- kv_write ---- */
+
+static duet_kv_pool_view_t make_pool(int n_blocks, int n_layer, int n_kv_head, int head_dim,
+                                     uint16_t fill)
+{
+    duet_kv_pool_view_t p = {NULL, n_blocks, n_layer, n_kv_head, head_dim};
+    size_t n = (size_t)n_blocks * n_layer * 2 * duet_kv_slice_elems(&p);
+    p.base = xmalloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++)
+        p.base[i] = fill;
+    return p;
+}
+
+static size_t pool_elems(const duet_kv_pool_view_t *p)
+{
+    return (size_t)p->n_blocks * p->n_layer * 2 * duet_kv_slice_elems(p);
+}
+
+/* Exact: both ISAs round to f16 to nearest even, so the pools must match bit for bit, hold
+ * duet_fp32_to_fp16 of each value where the layout says, and nothing else may change. */
+static void test_kv_write(void)
+{
+    static const int hds[] = {33, 64, 80};
+    static const int ns[] = {1, 3, 17};
+    for (int hi = 0; hi < 3; hi++)
+        for (int ni = 0; ni < 3; ni++) {
+            int hd = hds[hi], n = ns[ni], nkv = 3, layer = 1;
+            duet_kv_pool_view_t ps = make_pool(7, 2, nkv, hd, 0x7e00), pa = make_pool(7, 2, nkv, hd, 0x7e00);
+            size_t sz = (size_t)n * nkv * hd;
+            float *k = xmalloc(sz * sizeof *k), *v = xmalloc(sz * sizeof *v);
+            fill_rand(k, sz, -70000.0f, 70000.0f);  /* some overflow to inf in f16 */
+            fill_rand(v, sz, -1e-5f, 1e-5f);        /* some subnormal in f16 */
+            int32_t slots[17];
+            for (int i = 0; i < n; i++)
+                slots[i] = (i * 37 + 5) % (7 * DUET_KV_BLOCK_TOKENS);  /* distinct, scattered */
+            be_scalar->kv_write(be_scalar, &ps, layer, k, v, slots, n);
+            int ok = 1;
+            size_t written = 0;
+            for (int i = 0; i < n; i++)
+                for (int h = 0; h < nkv; h++)
+                    for (int d = 0; d < hd; d++) {
+                        int blk = slots[i] / 16, row = slots[i] % 16;
+                        size_t off = ((size_t)h * 16 + row) * hd + d;
+                        size_t src = ((size_t)i * nkv + h) * hd + d;
+                        ok &= duet_kv_slice(&ps, blk, layer, 0)[off] == duet_fp32_to_fp16(k[src]);
+                        ok &= duet_kv_slice(&ps, blk, layer, 1)[off] == duet_fp32_to_fp16(v[src]);
+                        written += 2;
+                    }
+            size_t changed = 0;
+            for (size_t e = 0; e < pool_elems(&ps); e++)
+                changed += ps.base[e] != 0x7e00;
+            CHECK_MSG(ok && changed <= written, "kv_write scalar hd %d n %d", hd, n);
+            if (be_avx2) {
+                be_avx2->kv_write(be_avx2, &pa, layer, k, v, slots, n);
+                CHECK_MSG(memcmp(ps.base, pa.base, pool_elems(&ps) * sizeof(uint16_t)) == 0,
+                          "kv_write avx2 differs, hd %d n %d", hd, n);
+            }
+            free(k);
+            free(v);
+            free(ps.base);
+            free(pa.base);
+        }
+}
+
+/* ---- attention ---- */
+
+typedef struct {
+    int n_seq;
+    int kv_len[6], n_new[6];
+} attn_shape_t;
+
+/* Reference: per query row, a softmax in double over the f16 K/V that the pool holds. */
+static void attn_naive(const duet_kv_pool_view_t *pool, int layer, const float *q, int n_head,
+                       const duet_attn_batch_t *b, float scale, float *out)
+{
+    int hd = pool->head_dim, group = n_head / pool->n_kv_head;
+    double *sc = xmalloc(4096 * sizeof *sc), *acc = xmalloc((size_t)hd * sizeof *acc);
+    for (int s = 0; s < b->n_seq; s++) {
+        int n_new = b->tok_start[s + 1] - b->tok_start[s];
+        for (int i = 0; i < n_new; i++) {
+            int tok = b->tok_start[s] + i, pos = b->kv_len[s] - n_new + i;
+            for (int h = 0; h < n_head; h++) {
+                const float *qr = q + ((size_t)tok * n_head + h) * hd;
+                int kvh = h / group;
+                double mx = -INFINITY, sum = 0;
+                for (int p = 0; p <= pos; p++) {
+                    int blk = b->block_table[s * b->max_blocks + p / 16];
+                    const uint16_t *kr = duet_kv_slice(pool, blk, layer, 0) + ((size_t)kvh * 16 + p % 16) * hd;
+                    double d = 0;
+                    for (int j = 0; j < hd; j++)
+                        d += (double)qr[j] * duet_fp16_to_fp32(kr[j]);
+                    sc[p] = d * scale;
+                    mx = sc[p] > mx ? sc[p] : mx;
+                }
+                memset(acc, 0, (size_t)hd * sizeof *acc);
+                for (int p = 0; p <= pos; p++) {
+                    int blk = b->block_table[s * b->max_blocks + p / 16];
+                    const uint16_t *vr = duet_kv_slice(pool, blk, layer, 1) + ((size_t)kvh * 16 + p % 16) * hd;
+                    double e = exp(sc[p] - mx);
+                    sum += e;
+                    for (int j = 0; j < hd; j++)
+                        acc[j] += e * duet_fp16_to_fp32(vr[j]);
+                }
+                for (int j = 0; j < hd; j++)
+                    out[((size_t)tok * n_head + h) * hd + j] = (float)(acc[j] / sum);
+            }
+        }
+    }
+    free(sc);
+    free(acc);
+}
+
+/* One batch: sequences with the given kv_len / n_new, block tables drawn as a shuffled, sparse
+ * subset of the pool (holes, ids out of order), every other pool entry NaN so a stray read shows.
+ * q in [-q_amp, q_amp], K, V in [-1, 1]. Tolerances:
+ *   scalar vs naive double, avx2 vs scalar: |a - b| <= tol (1 + |ref|); 1e-5 for ordinary scores
+ *   (q_amp 2, scale 1/sqrt(head_dim): up to ~10, so the running max still moves)
+ *   attn_decode vs attn_prefill on the same backend: |a - b| <= 1e-6 (1 + |ref|) */
+static void attn_case(int n_head, int n_kv, int hd, const attn_shape_t *shape, float q_amp, float scale,
+                      double tol)
+{
+    enum { N_BLOCKS = 40, MAX_BLOCKS = 8, N_LAYER = 2, LAYER = 1 };
+    duet_kv_pool_view_t pool = make_pool(N_BLOCKS, N_LAYER, n_kv, hd, 0x7e00);
+    int32_t tok_start[7], kv_len[6], table[6 * MAX_BLOCKS];
+    int perm[N_BLOCKS];
+    for (int i = 0; i < N_BLOCKS; i++)
+        perm[i] = i;
+    for (int i = N_BLOCKS - 1; i > 0; i--) {
+        int j = (int)frand(0, (float)i + 0.999f);
+        int t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int next_block = 0, n_tok = 0;
+    tok_start[0] = 0;
+    for (int s = 0; s < shape->n_seq; s++) {
+        kv_len[s] = shape->kv_len[s];
+        n_tok += shape->n_new[s];
+        tok_start[s + 1] = n_tok;
+        for (int b = 0; b < MAX_BLOCKS; b++)
+            table[s * MAX_BLOCKS + b] = b * 16 < kv_len[s] ? perm[next_block++] : -1;
+        next_block++;  /* a hole: one pool block no sequence owns */
+    }
+    /* Fill K/V of every position through kv_write (scalar, checked above). */
+    for (int s = 0; s < shape->n_seq; s++) {
+        int len = kv_len[s];
+        float *k = xmalloc((size_t)len * n_kv * hd * sizeof *k), *v = xmalloc((size_t)len * n_kv * hd * sizeof *v);
+        int32_t *slots = xmalloc((size_t)len * sizeof *slots);
+        fill_rand(k, (size_t)len * n_kv * hd, -1.0f, 1.0f);
+        fill_rand(v, (size_t)len * n_kv * hd, -1.0f, 1.0f);
+        for (int p = 0; p < len; p++)
+            slots[p] = table[s * MAX_BLOCKS + p / 16] * 16 + p % 16;
+        be_scalar->kv_write(be_scalar, &pool, LAYER, k, v, slots, len);
+        free(k);
+        free(v);
+        free(slots);
+    }
+    duet_attn_batch_t batch = {shape->n_seq, tok_start, kv_len, table, MAX_BLOCKS};
+    size_t sz = (size_t)n_tok * n_head * hd;
+    float *q = xmalloc(sz * sizeof *q), *ref = xmalloc(sz * sizeof *ref);
+    float *ps = xmalloc(sz * sizeof *ps), *ds = xmalloc(sz * sizeof *ds);
+    float *pa = xmalloc(sz * sizeof *pa), *da = xmalloc(sz * sizeof *da);
+    fill_rand(q, sz, -q_amp, q_amp);
+    attn_naive(&pool, LAYER, q, n_head, &batch, scale, ref);
+    be_scalar->attn_prefill(be_scalar, &pool, LAYER, q, n_head, &batch, scale, ps);
+    be_scalar->attn_decode(be_scalar, &pool, LAYER, q, n_head, &batch, scale, ds);
+    char what[128];
+    snprintf(what, sizeof what, "heads %d/%d hd %d seqs %d tokens %d", n_head, n_kv, hd, shape->n_seq, n_tok);
+    double w;
+    CHECK_MSG((w = worst_ratio(ps, ref, ref, sz, tol, tol)) <= 1.0, "attn_prefill scalar vs naive, %s (%.3g)", what, w);
+    CHECK_MSG((w = worst_ratio(ds, ps, ref, sz, 1e-6, 1e-6)) <= 1.0, "attn_decode vs prefill scalar, %s (%.3g)", what, w);
+    if (be_avx2) {
+        be_avx2->attn_prefill(be_avx2, &pool, LAYER, q, n_head, &batch, scale, pa);
+        be_avx2->attn_decode(be_avx2, &pool, LAYER, q, n_head, &batch, scale, da);
+        CHECK_MSG((w = worst_ratio(pa, ps, ref, sz, tol, tol)) <= 1.0, "attn_prefill avx2 vs scalar, %s (%.3g)", what, w);
+        CHECK_MSG((w = worst_ratio(da, pa, ref, sz, 1e-6, 1e-6)) <= 1.0, "attn_decode vs prefill avx2, %s (%.3g)", what, w);
+    }
+    free(q);
+    free(ref);
+    free(ps);
+    free(ds);
+    free(pa);
+    free(da);
+    free(pool.base);
+}
+
+static void test_attention(void)
+{
+    /* Several sequences of different lengths; kv_len crossing block boundaries (1, 16, 17, 33,
+     * 50, 100); new tokens 1 .. 40, the newest positions of each. */
+    static const attn_shape_t prefill = {5, {17, 50, 1, 33, 100}, {17, 13, 1, 2, 40}};
+    static const attn_shape_t decode = {6, {1, 16, 17, 33, 50, 128}, {1, 1, 1, 1, 1, 1}};
+    static const int heads[][2] = {{3, 3}, {9, 3}, {16, 2}, {32, 1}};  /* GQA groups 1, 3, 8, 32 */
+    static const int hds[] = {64, 80};
+    for (int hi = 0; hi < 4; hi++)
+        for (int di = 0; di < 2; di++) {
+            float scale = 1.0f / sqrtf((float)hds[di]);
+            attn_case(heads[hi][0], heads[hi][1], hds[di], &prefill, 2.0f, scale, 1e-5);
+            attn_case(heads[hi][0], heads[hi][1], hds[di], &decode, 2.0f, scale, 1e-5);
+        }
+    attn_case(9, 3, 36, &prefill, 2.0f, 1.0f / 6.0f, 1e-5);  /* a tail after the 8-wide loops */
+    /* Scores in the hundreds, rising past the first block's max by more than exp's range: wrong
+     * without the running-max rescale (overflow). Looser, as f32 scores of that size carry
+     * absolute errors near 1e-5 that exp turns into relative ones. */
+    attn_case(9, 3, 64, &prefill, 40.0f, 1.0f, 2e-3);
+    attn_case(16, 2, 64, &decode, 40.0f, 1.0f, 2e-3);
+}
+
+/* ---- swiglu, add ---- */
+
+/* swiglu vs double: |a - ref| <= 1e-8 + 1e-6 |ref| (avx2's exp is a polynomial good to a few
+ * ulp, plus a division); add must be exact (one f32 rounding in both). Lengths cover tails and
+ * the threaded path; swiglu also runs in place (out = gate). */
+static void test_elementwise(void)
+{
+    static const size_t ns[] = {1, 7, 33, 100, 576, 70001};
+    for (int k = 0; k < 6; k++) {
+        size_t n = ns[k];
+        float *g = xmalloc(n * sizeof *g), *u = xmalloc(n * sizeof *u), *ref = xmalloc(n * sizeof *ref);
+        float *os = xmalloc(n * sizeof *os), *oa = xmalloc(n * sizeof *oa);
+        fill_rand(g, n, -12.0f, 12.0f);
+        fill_rand(u, n, -3.0f, 3.0f);
+        for (size_t i = 0; i < n; i++)
+            ref[i] = (float)((double)g[i] / (1.0 + exp(-(double)g[i])) * u[i]);
+        be_scalar->swiglu(be_scalar, g, u, n, os);
+        CHECK_MSG(worst_ratio(os, ref, ref, n, 1e-8, 1e-6) <= 1.0, "swiglu scalar n %zu", n);
+        if (be_avx2) {
+            memcpy(oa, g, n * sizeof *oa);
+            be_avx2->swiglu(be_avx2, oa, u, n, oa);
+            CHECK_MSG(worst_ratio(oa, ref, ref, n, 1e-8, 1e-6) <= 1.0, "swiglu avx2 n %zu", n);
+        }
+        memcpy(os, g, n * sizeof *os);
+        memcpy(oa, g, n * sizeof *oa);
+        be_scalar->add(be_scalar, os, u, n);
+        int ok = 1;
+        for (size_t i = 0; i < n; i++)
+            ok &= os[i] == g[i] + u[i];
+        CHECK_MSG(ok, "add scalar n %zu", n);
+        if (be_avx2) {
+            be_avx2->add(be_avx2, oa, u, n);
+            CHECK_MSG(memcmp(os, oa, n * sizeof *os) == 0, "add avx2 n %zu", n);
+        }
+        free(g);
+        free(u);
+        free(ref);
+        free(os);
+        free(oa);
+    }
+}
+
+int main(void)
+{
+    /* Different thread counts on purpose: results must not depend on the partition. */
+    if (duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 3, .isa = DUET_CPU_ISA_SCALAR}, &be_scalar) != DUET_OK) {
+        fprintf(stderr, "cannot create the scalar CPU backend\n");
+        return 1;
+    }
+    if (duet_cpu_isa_supported(DUET_CPU_ISA_AVX2)) {
+        CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 4, .isa = DUET_CPU_ISA_AVX2}, &be_avx2),
+                     DUET_OK);
+    } else {
+        fprintf(stderr, "\n*** THIS CPU HAS NO AVX2/FMA/F16C: the AVX2 kernels are NOT tested, only the "
+                        "scalar reference ***\n\n");
+        duet_backend_t *be = NULL;
+        CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.isa = DUET_CPU_ISA_AVX2}, &be),
+                     DUET_ERR_UNSUPPORTED);
+    }
+    RUN_TEST(test_backend_create);
+    RUN_TEST(test_quant_layout);
+    RUN_TEST(test_quant_roundtrip);
+    RUN_TEST(test_embed);
+    RUN_TEST(test_matmul);
+    RUN_TEST(test_rmsnorm);
+    RUN_TEST(test_rope);
+    RUN_TEST(test_kv_write);
+    RUN_TEST(test_attention);
+    RUN_TEST(test_elementwise);
+    be_scalar->destroy(be_scalar);
+    if (be_avx2)
+        be_avx2->destroy(be_avx2);
+    return check_report();
+}

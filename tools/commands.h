@@ -1,0 +1,23 @@
+/* tools/commands.h — the subcommands of the duet command; each takes argv after its own name. */
+#ifndef DUET_TOOLS_COMMANDS_H
+#define DUET_TOOLS_COMMANDS_H
+
+#include <stddef.h>
+
+int duet_cmd_generate(int argc, char **argv);
+int duet_cmd_bench(int argc, char **argv);
+int duet_cmd_mkmodel(int argc, char **argv);
+
+/* The default model's cached path: $DUET_MODEL, else $XDG_CACHE_HOME/duet/models/<file>, else
+ * ~/.cache/duet/models/<file> (where scripts/get-model puts it). Writes into buf. */
+const char *duet_default_model_path(char *buf, size_t cap);
+
+#include "backend.h"
+#include "model.h"
+
+/* Creates the CPU backend with n_threads (0: all CPUs) and loads the model at path (NULL: the
+ * default model); prints one clear error line and returns non-zero on failure. */
+int duet_tool_open_model(const char *path, int n_threads, duet_backend_t **be_p, duet_model_t **model_p);
+void duet_tool_close_model(duet_backend_t *be, duet_model_t *model);
+
+#endif

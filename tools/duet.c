@@ -1,0 +1,88 @@
+/* tools/duet.c — the duet command: dispatches to generate, bench and mkmodel. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "cpu/cpu_backend.h"
+
+#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} command_t;
+
+static const command_t commands[] = {
+    {"generate", duet_cmd_generate, "generate text from a prompt, in process (interactive without --prompt)"},
+    {"bench",    duet_cmd_bench,    "measure prompt processing (pp512) and generation (tg128) speed"},
+    {"mkmodel",  duet_cmd_mkmodel,  "write a small random-weight GGUF model for tests"},
+};
+
+const char *duet_default_model_path(char *buf, size_t cap)
+{
+    const char *env = getenv("DUET_MODEL");
+    if (env && *env) {
+        snprintf(buf, cap, "%s", env);
+        return buf;
+    }
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(buf, cap, "%s/duet/models/%s", xdg, DEFAULT_MODEL_FILE);
+    else
+        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DEFAULT_MODEL_FILE);
+    return buf;
+}
+
+int duet_tool_open_model(const char *path, int n_threads, duet_backend_t **be_p, duet_model_t **model_p)
+{
+    char def[4096], err[512] = "";
+    if (!path || !*path)
+        path = duet_default_model_path(def, sizeof def);
+    duet_cpu_conf_t cc = {.n_threads = n_threads, .isa = DUET_CPU_ISA_AUTO};
+    duet_backend_t *be;
+    duet_status_t st = duet_backend_cpu_create(&cc, &be);
+    if (st != DUET_OK) {
+        fprintf(stderr, "duet: cannot start the CPU backend: %s\n", duet_status_str(st));
+        return 1;
+    }
+    duet_model_t *model;
+    st = duet_model_load(path, be, &model, err, sizeof err);
+    if (st != DUET_OK) {
+        fprintf(stderr, "duet: %s: %s\n", path, err[0] ? err : duet_status_str(st));
+        be->destroy(be);
+        return 1;
+    }
+    *be_p = be;
+    *model_p = model;
+    return 0;
+}
+
+void duet_tool_close_model(duet_backend_t *be, duet_model_t *model)
+{
+    duet_model_free(model);
+    be->destroy(be);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: duet COMMAND [OPTIONS]   (duet COMMAND --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "duet: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
