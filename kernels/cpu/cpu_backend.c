@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "../../lib/base/threadpool.h"
 #include "../quant.h"
 #include "ops.h"
@@ -409,7 +413,7 @@ static void attn_run(duet_backend_t *be, const duet_kv_pool_view_t *pool, int la
                      float *out, int tile_tokens)
 {
     size_t n_tok = batch->n_seq > 0 ? (size_t)batch->tok_start[batch->n_seq] : 0;
-    if (pool->head_dim > CPU_MAX_HEAD_DIM || n_head % pool->n_kv_head != 0) {
+    if (pool->head_dim > CPU_MAX_HEAD_DIM || pool->n_kv_head <= 0 || n_head % pool->n_kv_head != 0) {
         fill_nan(out, n_tok * (size_t)n_head * (size_t)pool->head_dim);
         return;
     }
@@ -485,6 +489,21 @@ static void cpu_destroy(duet_backend_t *be)
     free(cpu);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+/* __builtin_cpu_supports also checks that the OS saves the YMM registers; F16C is read from
+ * CPUID leaf 1 directly because clang (14) has no "f16c" name for that builtin. */
+static int cpu_has_avx2_fma_f16c(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return 0;
+    return (ecx & bit_F16C) != 0;
+}
+#endif
+
 int duet_cpu_isa_supported(duet_cpu_isa_t isa)
 {
     switch (isa) {
@@ -493,9 +512,7 @@ int duet_cpu_isa_supported(duet_cpu_isa_t isa)
         return 1;
     case DUET_CPU_ISA_AVX2:
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_cpu_init();
-        return duet_cpu_ops_avx2() != NULL && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        return duet_cpu_ops_avx2() != NULL && cpu_has_avx2_fma_f16c();
 #else
         return 0;
 #endif

@@ -187,25 +187,55 @@ INLINE void dot_block(int kind, int NX, int k, const void *w_row, const float *x
     }
 }
 
-/* One entry point per type; the switch picks the instance compiled for that many rows. */
-#define DOT_ENTRY(fname, impl, kind)                                                         \
-    static void fname(int k, const void *w, const float *x, size_t ldx, int nx, float *out,  \
-                      size_t ldo)                                                            \
-    {                                                                                        \
-        switch (nx) {                                                                        \
-        case 1: impl(kind, 1, k, w, x, ldx, out, ldo); break;                                \
-        case 2: impl(kind, 2, k, w, x, ldx, out, ldo); break;                                \
-        case 3: impl(kind, 3, k, w, x, ldx, out, ldo); break;                                \
-        default: impl(kind, 4, k, w, x, ldx, out, ldo); break;                               \
-        }                                                                                    \
+/* Picks the instance compiled for nx rows; blocked says which family kind belongs to. */
+INLINE void dot_nx(int blocked, int kind, int k, const void *w, const float *x, size_t ldx, int nx,
+                   float *out, size_t ldo)
+{
+    switch (nx) {
+    case 1:
+        blocked ? dot_block(kind, 1, k, w, x, ldx, out, ldo) : dot_plain(kind, 1, k, w, x, ldx, out, ldo);
+        break;
+    case 2:
+        blocked ? dot_block(kind, 2, k, w, x, ldx, out, ldo) : dot_plain(kind, 2, k, w, x, ldx, out, ldo);
+        break;
+    case 3:
+        blocked ? dot_block(kind, 3, k, w, x, ldx, out, ldo) : dot_plain(kind, 3, k, w, x, ldx, out, ldo);
+        break;
+    default:
+        blocked ? dot_block(kind, 4, k, w, x, ldx, out, ldo) : dot_plain(kind, 4, k, w, x, ldx, out, ldo);
+        break;
     }
+}
 
-DOT_ENTRY(dot_f32, dot_plain, PLAIN_F32)
-DOT_ENTRY(dot_f16, dot_plain, PLAIN_F16)
-DOT_ENTRY(dot_bf16, dot_plain, PLAIN_BF16)
-DOT_ENTRY(dot_q8_0, dot_block, BLOCK_Q8_0)
-DOT_ENTRY(dot_q4_0, dot_block, BLOCK_Q4_0)
-DOT_ENTRY(dot_q4_1, dot_block, BLOCK_Q4_1)
+static void dot_f32(int k, const void *w, const float *x, size_t ldx, int nx, float *out, size_t ldo)
+{
+    dot_nx(0, PLAIN_F32, k, w, x, ldx, nx, out, ldo);
+}
+
+static void dot_f16(int k, const void *w, const float *x, size_t ldx, int nx, float *out, size_t ldo)
+{
+    dot_nx(0, PLAIN_F16, k, w, x, ldx, nx, out, ldo);
+}
+
+static void dot_bf16(int k, const void *w, const float *x, size_t ldx, int nx, float *out, size_t ldo)
+{
+    dot_nx(0, PLAIN_BF16, k, w, x, ldx, nx, out, ldo);
+}
+
+static void dot_q8_0(int k, const void *w, const float *x, size_t ldx, int nx, float *out, size_t ldo)
+{
+    dot_nx(1, BLOCK_Q8_0, k, w, x, ldx, nx, out, ldo);
+}
+
+static void dot_q4_0(int k, const void *w, const float *x, size_t ldx, int nx, float *out, size_t ldo)
+{
+    dot_nx(1, BLOCK_Q4_0, k, w, x, ldx, nx, out, ldo);
+}
+
+static void dot_q4_1(int k, const void *w, const float *x, size_t ldx, int nx, float *out, size_t ldo)
+{
+    dot_nx(1, BLOCK_Q4_1, k, w, x, ldx, nx, out, ldo);
+}
 
 /* ---- elementwise and row kernels; each ends with a scalar tail for n % 8 ---- */
 

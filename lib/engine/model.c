@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "quant.h"
 
 typedef struct {
@@ -247,8 +248,13 @@ duet_status_t duet_model_load(const char *path, duet_backend_t *be, duet_model_t
         goto err_free;
     }
     m->hp.n_vocab = (int)embd->ne[1];
+    err[0] = '\0';
     if ((st = duet_tokenizer_create(m->gguf, &m->tok, err, err_len)) != DUET_OK)
         goto err_free;
+    if (err[0]) {  /* a warning, such as an unknown pre-tokenizer name */
+        duet_log_warn("model: %s", err);
+        err[0] = '\0';
+    }
     if (duet_tokenizer_n_vocab(m->tok) > m->hp.n_vocab) {
         st = fail(&ld, DUET_ERR_FORMAT, "model: tokenizer has %d tokens but the embedding only %d",
                   duet_tokenizer_n_vocab(m->tok), m->hp.n_vocab);
