@@ -85,17 +85,9 @@ static double run_test(duet_forward_t *fwd, duet_kv_cache_t *cache, int n_prompt
 int duet_cmd_bench(int argc, char **argv)
 {
     bench_conf_t c;
-    char err[512];
-    int help;
-    if (duet_conf_parse(bench_opts, N_OPTS, &c, argc, argv, 1, &help, err, sizeof err) != DUET_OK) {
-        fprintf(stderr, "duet bench: %s\n", err);
-        return 2;
-    }
-    if (help) {
-        printf("usage: duet bench [OPTIONS]\n");
-        duet_conf_usage(stdout, bench_opts, N_OPTS);
-        return 0;
-    }
+    int rc = duet_tool_parse("duet bench [OPTIONS]", bench_opts, N_OPTS, &c, argc, argv);
+    if (rc >= 0)
+        return rc;
     if (c.n_prompt < 1 || c.n_gen < 1 || c.reps < 1 || c.threads < 0) {
         fprintf(stderr, "duet bench: --n-prompt, --n-gen and --reps must be at least 1\n");
         return 2;
@@ -110,7 +102,7 @@ int duet_cmd_bench(int argc, char **argv)
     duet_forward_t *fwd = NULL;
     float *logits = malloc((size_t)m->hp.n_vocab * sizeof *logits);
     int32_t *tokens = malloc((size_t)n_ctx * sizeof *tokens);
-    int rc = 1;
+    rc = 1;
     if (!logits || !tokens || duet_kv_cache_create(&kc, be, &cache) != DUET_OK ||
         duet_forward_create(m, cache, c.n_prompt, 1, &fwd) != DUET_OK) {
         fprintf(stderr, "duet bench: out of memory\n");

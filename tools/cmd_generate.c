@@ -175,16 +175,9 @@ int duet_cmd_generate(int argc, char **argv)
 {
     generate_conf_t c;
     char err[512];
-    int help;
-    if (duet_conf_parse(generate_opts, N_OPTS, &c, argc, argv, 1, &help, err, sizeof err) != DUET_OK) {
-        fprintf(stderr, "duet generate: %s\n", err);
-        return 2;
-    }
-    if (help) {
-        printf("usage: duet generate [OPTIONS]\n");
-        duet_conf_usage(stdout, generate_opts, N_OPTS);
-        return 0;
-    }
+    int rc = duet_tool_parse("duet generate [OPTIONS]", generate_opts, N_OPTS, &c, argc, argv);
+    if (rc >= 0)
+        return rc;
     int level = duet_log_level_parse(c.log_level);
     duet_log_configure(level < 0 ? DUET_LOG_WARN : (duet_log_level_t)level, NULL);
     if (c.seed < 0)
@@ -210,7 +203,7 @@ int duet_cmd_generate(int argc, char **argv)
     }
     stream_t out = {.tok = model->tok};
     const char *system = c.system ? c.system : model->chat.default_system;
-    int rc = 0;
+    rc = 0;
     if (c.prompt) {
         char *text = NULL;
         duet_chat_msg_t *history = NULL;

@@ -188,17 +188,9 @@ done:
 int duet_cmd_mkmodel(int argc, char **argv)
 {
     mkmodel_conf_t c;
-    char err[512];
-    int help;
-    if (duet_conf_parse(mkmodel_opts, N_OPTS, &c, argc, argv, 1, &help, err, sizeof err) != DUET_OK) {
-        fprintf(stderr, "duet mkmodel: %s\n", err);
-        return 2;
-    }
-    if (help) {
-        printf("usage: duet mkmodel --out PATH [OPTIONS]\n");
-        duet_conf_usage(stdout, mkmodel_opts, N_OPTS);
-        return 0;
-    }
+    int rc = duet_tool_parse("duet mkmodel --out PATH [OPTIONS]", mkmodel_opts, N_OPTS, &c, argc, argv);
+    if (rc >= 0)
+        return rc;
     if (c.preset) {
         if (strcmp(c.preset, "smollm2") != 0) {
             fprintf(stderr, "duet mkmodel: unknown preset '%s' (smollm2)\n", c.preset);
@@ -230,7 +222,7 @@ int duet_cmd_mkmodel(int argc, char **argv)
         return 1;
     rng_t rng = {(uint64_t)c.seed * 0x9e3779b97f4a7c15ull + 1};
     char key[128], name[128];
-    int rc = 1;
+    rc = 1;
 #define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
     if (duet_gguf_writer_add_str(w, "general.architecture", arch) ||
         duet_gguf_writer_add_str(w, "general.name", "duet random test model") ||

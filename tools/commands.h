@@ -13,7 +13,13 @@ int duet_cmd_mkmodel(int argc, char **argv);
 const char *duet_default_model_path(char *buf, size_t cap);
 
 #include "backend.h"
+#include "conf.h"
 #include "model.h"
+
+/* Parses a subcommand's options; prints its usage for --help and one line for an error.
+ * Returns -1 to go on, else the exit status to end with (0 after --help, 2 after an error). */
+int duet_tool_parse(const char *usage, const duet_conf_opt_t *opts, int n_opts, void *conf,
+                    int argc, char **argv);
 
 /* Creates the CPU backend with n_threads (0: all CPUs) and loads the model at path (NULL: the
  * default model); prints one clear error line and returns non-zero on failure. */

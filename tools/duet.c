@@ -66,6 +66,23 @@ void duet_tool_close_model(duet_backend_t *be, duet_model_t *model)
     be->destroy(be);
 }
 
+int duet_tool_parse(const char *usage, const duet_conf_opt_t *opts, int n_opts, void *conf,
+                    int argc, char **argv)
+{
+    char err[512];
+    int help;
+    if (duet_conf_parse(opts, n_opts, conf, argc, argv, 1, &help, err, sizeof err) != DUET_OK) {
+        fprintf(stderr, "duet %s: %s\n", argv[0], err);
+        return 2;
+    }
+    if (help) {
+        printf("usage: %s\n", usage);
+        duet_conf_usage(stdout, opts, n_opts);
+        return 0;
+    }
+    return -1;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: duet COMMAND [OPTIONS]   (duet COMMAND --help for its options)\n\ncommands:\n");

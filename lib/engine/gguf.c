@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dtype.h"
+#include "hash.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the GGUF reader reads little-endian values in place; port it before building big-endian"
@@ -193,16 +194,6 @@ static duet_status_t check_name(parser_t *p, size_t at, const char *kind, duet_g
 
 /* ---- name index ------------------------------------------------------------------------------ */
 
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;  /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 /* name_of(entries, i) gives the name of entry i; kvs and tensors keep it at different places. */
 typedef duet_gguf_str_t (*name_of_fn)(const void *entries, uint32_t i);
 
@@ -222,7 +213,7 @@ static long index_find(const name_index_t *ix, const void *entries, name_of_fn n
 {
     if (!ix->slots)
         return -1;
-    for (size_t s = (size_t)hash_bytes(name, len) & ix->mask;; s = (s + 1) & ix->mask) {
+    for (size_t s = (size_t)duet_hash_bytes(name, len) & ix->mask;; s = (s + 1) & ix->mask) {
         uint32_t v = ix->slots[s];
         if (v == 0)
             return -1;
@@ -234,7 +225,7 @@ static long index_find(const name_index_t *ix, const void *entries, name_of_fn n
 
 static void index_place(name_index_t *ix, duet_gguf_str_t name, uint32_t i)
 {
-    size_t s = (size_t)hash_bytes(name.ptr, (size_t)name.len) & ix->mask;
+    size_t s = (size_t)duet_hash_bytes(name.ptr, (size_t)name.len) & ix->mask;
     while (ix->slots[s] != 0)
         s = (s + 1) & ix->mask;
     ix->slots[s] = i + 1;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "pretokenizer.h"
 
 /* tokenizer.ggml.token_type values. */
@@ -89,16 +90,6 @@ static const char *quote(char *dst, size_t cap, const char *s, size_t n)
     return dst;
 }
 
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;     /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 static uint64_t hash_pair(int32_t a, int32_t b)
 {
     uint64_t h = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
@@ -120,7 +111,7 @@ static uint64_t table_size(uint64_t n)
 
 static int32_t vocab_lookup(const duet_tokenizer_t *tok, const char *s, size_t n)
 {
-    for (uint64_t i = hash_bytes(s, n) & tok->vocab_mask;; i = (i + 1) & tok->vocab_mask) {
+    for (uint64_t i = duet_hash_bytes(s, n) & tok->vocab_mask;; i = (i + 1) & tok->vocab_mask) {
         int32_t id = tok->vocab_ht[i];
         if (id < 0)
             return -1;
@@ -333,7 +324,7 @@ static duet_status_t load_vocab(duet_tokenizer_t *tok, const duet_gguf_t *gguf, 
 
         /* Duplicated strings keep the first id, as a dictionary built in order would. */
         if (len > 0 && vocab_lookup(tok, s, len) < 0) {
-            uint64_t h = hash_bytes(s, len) & tok->vocab_mask;
+            uint64_t h = duet_hash_bytes(s, len) & tok->vocab_mask;
             while (tok->vocab_ht[h] >= 0)
                 h = (h + 1) & tok->vocab_mask;
             tok->vocab_ht[h] = (int32_t)i;
