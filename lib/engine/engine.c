@@ -1,5 +1,16 @@
-/* lib/engine/engine.c — the batching loop: admit, build a step under the token budget, run the
- * forward pass, sample, stream, retire. */
+/* lib/engine/engine.c — continuous batching. A request moves through
+ *
+ *   QUEUED ──admit (blocks for its prompt)──▶ PREFILL ──last chunk sampled──▶ RUNNING ──▶ finished
+ *      ▲  submit                                  │                              │
+ *      │                                          └────── preempt (no block) ────┤
+ *      └──────────────────────── kv_failed ◀── WAITING_KV ◀── submit_remote       │
+ *                                                  └── kv_ready ─────────────────┘
+ *
+ * Each step takes one decode token of every RUNNING request first (cheap, keeps time per output
+ * token low), then prompt chunks of PREFILL requests, then admits QUEUED ones in arrival order
+ * while blocks, the token budget and the sequence slots last. A RUNNING request that needs a new
+ * block when none is free takes it from the newest request, whose KV is dropped and recomputed
+ * later (its tokens so far become its prompt). */
 #include "engine.h"
 
 #include <stdlib.h>
@@ -8,13 +19,37 @@
 #include "clock.h"
 #include "log.h"
 
+typedef enum { SEQ_QUEUED, SEQ_WAITING_KV, SEQ_PREFILL, SEQ_RUNNING } seq_state_t;
+
+struct duet_engine_seq {
+    duet_engine_seq_t *prev, *next;  /* the engine's list, in arrival order */
+    seq_state_t state;
+    duet_kv_seq_t kv;
+    int32_t *tokens;                 /* prompt, then generated tokens */
+    int n_tokens;
+    int n_prompt;
+    int max_tokens;
+    int ignore_eos;
+    duet_sampling_t sampling;
+    duet_gen_sink_t sink;
+    duet_gen_result_t result;
+    int64_t t_submit;
+};
+
 struct duet_engine {
     duet_model_t *model;
     duet_engine_conf_t conf;
     duet_kv_cache_t *cache;
     duet_forward_t *fwd;
     duet_sampler_t *sampler;
-    float *logits;           /* [max_seqs][n_vocab] host */
+    float *logits;                   /* [max_seqs][n_vocab] host */
+    duet_engine_seq_t *head, *tail;
+    int n_seqs;
+    /* Per-step scratch. */
+    duet_kv_seq_t **step_kv;         /* [max_seqs] */
+    duet_engine_seq_t **step_seq;    /* [max_seqs] */
+    int32_t *step_new;               /* [max_seqs] */
+    int32_t *step_tokens;            /* [max_batch_tokens] */
 };
 
 const char *duet_finish_str(duet_finish_t finish)
@@ -29,6 +64,27 @@ const char *duet_finish_str(duet_finish_t finish)
     return "unknown";
 }
 
+static void apply_defaults(const duet_model_t *model, duet_engine_conf_t *c)
+{
+    if (c->n_ctx <= 0 || c->n_ctx > model->hp.n_ctx_train)
+        c->n_ctx = model->hp.n_ctx_train;
+    if (c->max_batch_tokens <= 0)
+        c->max_batch_tokens = 512;
+    if (c->max_seqs <= 0)
+        c->max_seqs = 64;
+    if (c->max_seqs > c->max_batch_tokens)
+        c->max_seqs = c->max_batch_tokens;
+    if (c->n_blocks <= 0)
+        c->n_blocks = duet_kv_blocks_for(c->n_ctx) * c->max_seqs;
+}
+
+size_t duet_engine_pool_bytes(const duet_model_t *model, const duet_engine_conf_t *conf)
+{
+    duet_engine_conf_t c = *conf;
+    apply_defaults(model, &c);
+    return (size_t)c.n_blocks * DUET_KV_BLOCK_TOKENS * duet_model_kv_bytes_per_token(model);
+}
+
 duet_status_t duet_engine_create(duet_model_t *model, const duet_engine_conf_t *conf,
                                  duet_engine_t **engine_p)
 {
@@ -37,30 +93,27 @@ duet_status_t duet_engine_create(duet_model_t *model, const duet_engine_conf_t *
         return DUET_ERR_NOMEM;
     e->model = model;
     e->conf = *conf;
+    apply_defaults(model, &e->conf);
     const duet_hparams_t *hp = &model->hp;
-    if (e->conf.n_ctx <= 0 || e->conf.n_ctx > hp->n_ctx_train)
-        e->conf.n_ctx = hp->n_ctx_train;
-    if (e->conf.max_batch_tokens <= 0)
-        e->conf.max_batch_tokens = 512;
-    if (e->conf.max_seqs <= 0)
-        e->conf.max_seqs = 64;
-    if (e->conf.max_seqs > e->conf.max_batch_tokens)
-        e->conf.max_seqs = e->conf.max_batch_tokens;
-    if (e->conf.n_blocks <= 0)
-        e->conf.n_blocks = duet_kv_blocks_for(e->conf.n_ctx) * e->conf.max_seqs;
     duet_kv_cache_conf_t kc = {
         .n_layer = hp->n_layer,
         .n_kv_head = hp->n_kv_head,
         .head_dim = hp->head_dim,
         .n_blocks = e->conf.n_blocks,
+        .external_base = e->conf.pool_memory,
     };
     duet_status_t st;
     if ((st = duet_kv_cache_create(&kc, model->be, &e->cache)) != DUET_OK ||
         (st = duet_forward_create(model, e->cache, e->conf.max_batch_tokens, e->conf.max_seqs, &e->fwd)) != DUET_OK ||
         (st = duet_sampler_create(hp->n_vocab, &e->sampler)) != DUET_OK)
         goto err_destroy;
-    e->logits = malloc((size_t)e->conf.max_seqs * hp->n_vocab * sizeof *e->logits);
-    if (!e->logits) {
+    size_t S = (size_t)e->conf.max_seqs;
+    e->logits = malloc(S * hp->n_vocab * sizeof *e->logits);
+    e->step_kv = malloc(S * sizeof *e->step_kv);
+    e->step_seq = malloc(S * sizeof *e->step_seq);
+    e->step_new = malloc(S * sizeof *e->step_new);
+    e->step_tokens = malloc((size_t)e->conf.max_batch_tokens * sizeof *e->step_tokens);
+    if (!e->logits || !e->step_kv || !e->step_seq || !e->step_new || !e->step_tokens) {
         st = DUET_ERR_NOMEM;
         goto err_destroy;
     }
@@ -72,11 +125,40 @@ err_destroy:
     return st;
 }
 
+static void finish(duet_engine_t *e, duet_engine_seq_t *s, duet_finish_t why, duet_status_t st)
+{
+    s->result.finish = why;
+    s->result.status = st;
+    s->result.done_ns = duet_clock_ns() - s->t_submit;
+    duet_kv_seq_cleanup(e->cache, &s->kv);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        e->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        e->tail = s->prev;
+    e->n_seqs--;
+    duet_gen_sink_t sink = s->sink;
+    duet_gen_result_t result = s->result;
+    free(s->tokens);
+    free(s);
+    if (sink.on_finish)
+        sink.on_finish(sink.user, &result);
+}
+
 void duet_engine_destroy(duet_engine_t *e)
 {
     if (!e)
         return;
+    while (e->head)
+        finish(e, e->head, DUET_FINISH_CANCELLED, DUET_ERR_CANCELLED);
     free(e->logits);
+    free(e->step_kv);
+    free(e->step_seq);
+    free(e->step_new);
+    free(e->step_tokens);
     duet_sampler_destroy(e->sampler);
     duet_forward_destroy(e->fwd);
     duet_kv_cache_destroy(e->cache);
@@ -86,21 +168,262 @@ void duet_engine_destroy(duet_engine_t *e)
 duet_kv_cache_t *duet_engine_cache(duet_engine_t *e) { return e->cache; }
 int duet_engine_n_ctx(const duet_engine_t *e) { return e->conf.n_ctx; }
 
-typedef struct {
-    duet_kv_seq_t kv;
-    int32_t *tokens;     /* prompt, then generated tokens */
-    int n_tokens;
-    int running;
-} seq_t;
-
-static void finish(duet_engine_t *e, seq_t *s, duet_gen_result_t *r, duet_finish_t why,
-                   duet_status_t st, int64_t t0)
+static duet_status_t make_seq(duet_engine_t *e, const duet_gen_request_t *q, const duet_gen_sink_t *sink,
+                              duet_engine_seq_t **seq_p)
 {
-    r->finish = why;
-    r->status = st;
-    r->done_ns = duet_clock_ns() - t0;
-    s->running = 0;
+    if (!q || !q->prompt || q->n_prompt < 1 || q->max_tokens < 1 || q->n_resume < 0 ||
+        (q->n_resume > 0 && !q->resume) || q->n_resume >= q->max_tokens ||
+        (int64_t)q->n_prompt + q->max_tokens > e->conf.n_ctx)
+        return DUET_ERR_INVALID;
+    for (int i = 0; i < q->n_prompt; i++)
+        if (q->prompt[i] < 0 || q->prompt[i] >= e->model->hp.n_vocab)
+            return DUET_ERR_INVALID;
+    for (int i = 0; i < q->n_resume; i++)
+        if (q->resume[i] < 0 || q->resume[i] >= e->model->hp.n_vocab)
+            return DUET_ERR_INVALID;
+    duet_engine_seq_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return DUET_ERR_NOMEM;
+    s->tokens = malloc(((size_t)q->n_prompt + (size_t)q->max_tokens) * sizeof *s->tokens);
+    if (!s->tokens) {
+        free(s);
+        return DUET_ERR_NOMEM;
+    }
+    memcpy(s->tokens, q->prompt, (size_t)q->n_prompt * sizeof *s->tokens);
+    if (q->n_resume)
+        memcpy(s->tokens + q->n_prompt, q->resume, (size_t)q->n_resume * sizeof *s->tokens);
+    s->n_prompt = q->n_prompt;
+    s->n_tokens = q->n_prompt + q->n_resume;
+    s->max_tokens = q->max_tokens;
+    s->ignore_eos = q->ignore_eos;
+    s->sampling = q->sampling;
+    s->result.n_generated = q->n_resume;
+    s->sink = sink ? *sink : (duet_gen_sink_t){0};
+    s->t_submit = duet_clock_ns();
+    duet_kv_seq_init(&s->kv);
+    s->prev = e->tail;
+    if (e->tail)
+        e->tail->next = s;
+    else
+        e->head = s;
+    e->tail = s;
+    e->n_seqs++;
+    *seq_p = s;
+    return DUET_OK;
+}
+
+duet_status_t duet_engine_submit(duet_engine_t *e, const duet_gen_request_t *req,
+                                 const duet_gen_sink_t *sink, duet_engine_seq_t **seq_p)
+{
+    duet_engine_seq_t *s;
+    duet_status_t st = make_seq(e, req, sink, &s);
+    if (st != DUET_OK)
+        return st;
+    s->state = SEQ_QUEUED;
+    if (seq_p)
+        *seq_p = s;
+    return DUET_OK;
+}
+
+/* Unlinks a sequence that never became visible to its caller. */
+static void drop_unreported(duet_engine_t *e, duet_engine_seq_t *s)
+{
+    s->sink = (duet_gen_sink_t){0};
+    finish(e, s, DUET_FINISH_ERROR, DUET_ERR_EXHAUSTED);
+}
+
+duet_status_t duet_engine_submit_remote(duet_engine_t *e, const duet_gen_request_t *req,
+                                        const duet_gen_sink_t *sink, duet_engine_seq_t **seq_p,
+                                        const int32_t **blocks_p, int *n_blocks_p)
+{
+    if (req && req->n_resume > 0)
+        return DUET_ERR_INVALID;  /* a retry with tokens recomputes locally: use submit */
+    duet_engine_seq_t *s;
+    duet_status_t st = make_seq(e, req, sink, &s);
+    if (st != DUET_OK)
+        return st;
+    /* One block beyond the prompt is not reserved: the first decode step takes it like any other. */
+    st = duet_kv_seq_reserve(e->cache, &s->kv, s->n_tokens);
+    if (st != DUET_OK) {
+        drop_unreported(e, s);
+        return st;
+    }
+    s->state = SEQ_WAITING_KV;
+    *seq_p = s;
+    *blocks_p = s->kv.blocks;
+    *n_blocks_p = s->kv.n_blocks;
+    return DUET_OK;
+}
+
+/* Feeds a sampled (or remotely sampled) token to the request; 1 when the request ended. */
+static int accept_token(duet_engine_t *e, duet_engine_seq_t *s, int32_t tok)
+{
+    s->tokens[s->n_tokens++] = tok;
+    if (s->result.n_generated++ == 0 || s->result.first_token_ns == 0)
+        s->result.first_token_ns = duet_clock_ns() - s->t_submit;
+    int cancel = s->sink.on_token ? s->sink.on_token(s->sink.user, tok) : 0;
+    if (cancel)
+        finish(e, s, DUET_FINISH_CANCELLED, DUET_OK);
+    else if (!s->ignore_eos && duet_tokenizer_is_end(e->model->tok, tok))
+        finish(e, s, DUET_FINISH_STOP, DUET_OK);
+    else if (s->result.n_generated >= s->max_tokens)
+        finish(e, s, DUET_FINISH_LENGTH, DUET_OK);
+    else
+        return 0;
+    return 1;
+}
+
+void duet_engine_kv_ready(duet_engine_t *e, duet_engine_seq_t *s, int32_t first_token)
+{
+    if (s->state != SEQ_WAITING_KV)
+        return;
+    if (first_token < 0 || first_token >= e->model->hp.n_vocab) {
+        finish(e, s, DUET_FINISH_ERROR, DUET_ERR_FORMAT);
+        return;
+    }
+    s->kv.n_tokens = s->n_tokens;
+    s->state = SEQ_RUNNING;
+    accept_token(e, s, first_token);
+}
+
+void duet_engine_kv_failed(duet_engine_t *e, duet_engine_seq_t *s)
+{
+    if (s->state != SEQ_WAITING_KV)
+        return;
     duet_kv_seq_release(e->cache, &s->kv);
+    s->state = SEQ_QUEUED;
+}
+
+void duet_engine_cancel(duet_engine_t *e, duet_engine_seq_t *s)
+{
+    finish(e, s, DUET_FINISH_CANCELLED, DUET_ERR_CANCELLED);
+}
+
+/* Drops the KV of the newest request that holds blocks and can give them back (not `keep`, not one
+ * whose KV is being written remotely); it will be prefilled again from its tokens so far. */
+static int preempt_newest(duet_engine_t *e, const duet_engine_seq_t *keep)
+{
+    for (duet_engine_seq_t *s = e->tail; s; s = s->prev) {
+        if (s == keep || s->kv.n_blocks == 0 || s->state == SEQ_WAITING_KV)
+            continue;
+        duet_kv_seq_release(e->cache, &s->kv);
+        s->state = SEQ_QUEUED;
+        s->result.n_preempted++;
+        return 1;
+    }
+    return 0;
+}
+
+/* Adds up to `want` pending tokens of s to the step; returns how many it added. */
+static int take(duet_engine_t *e, duet_engine_seq_t *s, int want, int *n_step, int *used)
+{
+    int n = want < e->conf.max_batch_tokens - *used ? want : e->conf.max_batch_tokens - *used;
+    if (n <= 0 || *n_step >= e->conf.max_seqs)
+        return 0;
+    memcpy(e->step_tokens + *used, s->tokens + s->kv.n_tokens, (size_t)n * sizeof(int32_t));
+    e->step_kv[*n_step] = &s->kv;
+    e->step_seq[*n_step] = s;
+    e->step_new[*n_step] = n;
+    (*n_step)++;
+    *used += n;
+    return n;
+}
+
+int duet_engine_step(duet_engine_t *e)
+{
+    int n_step = 0, used = 0;
+    /* Decode tokens of running requests, taking blocks from the newest when the pool is dry. */
+    for (duet_engine_seq_t *s = e->head, *next; s; s = next) {
+        next = s->next;
+        if (s->state != SEQ_RUNNING)
+            continue;
+        if (n_step >= e->conf.max_seqs || used >= e->conf.max_batch_tokens)
+            break;
+        while (duet_kv_seq_reserve(e->cache, &s->kv, s->n_tokens) == DUET_ERR_EXHAUSTED)
+            if (!preempt_newest(e, s))
+                break;
+        if (s->state != SEQ_RUNNING)
+            continue;  /* preempted itself: nothing newer could give */
+        if (duet_kv_blocks_for(s->n_tokens) > s->kv.n_blocks) {
+            duet_log_error("engine: the KV pool cannot hold one more token of a request");
+            finish(e, s, DUET_FINISH_ERROR, DUET_ERR_EXHAUSTED);
+            continue;
+        }
+        take(e, s, s->n_tokens - s->kv.n_tokens, &n_step, &used);
+    }
+    /* Prompt chunks of admitted requests, then admissions in arrival order. */
+    for (duet_engine_seq_t *s = e->head; s && used < e->conf.max_batch_tokens; s = s->next) {
+        if (s->state == SEQ_PREFILL) {
+            take(e, s, s->n_tokens - s->kv.n_tokens, &n_step, &used);
+        } else if (s->state == SEQ_QUEUED) {
+            if (duet_kv_seq_reserve(e->cache, &s->kv, s->n_tokens) != DUET_OK)
+                break;  /* first come, first served: later requests wait behind this one */
+            s->state = SEQ_PREFILL;
+            take(e, s, s->n_tokens, &n_step, &used);
+        }
+    }
+    if (n_step == 0) {
+        /* Nothing could run. A queued request that cannot fit even in an empty pool never will. */
+        if (e->head && e->head->state == SEQ_QUEUED &&
+            duet_kv_blocks_for(e->head->n_tokens) > duet_kv_cache_n_blocks(e->cache)) {
+            duet_log_error("engine: a request needs more KV blocks than the pool has");
+            finish(e, e->head, DUET_FINISH_ERROR, DUET_ERR_EXHAUSTED);
+        }
+        return e->n_seqs;
+    }
+    duet_batch_t batch = {.n_seq = n_step, .seqs = e->step_kv, .n_new = e->step_new, .tokens = e->step_tokens};
+    duet_status_t st = duet_forward_run(e->fwd, &batch, e->logits);
+    if (st != DUET_OK) {
+        duet_log_error("engine: forward pass failed: %s", duet_status_str(st));
+        for (int k = 0; k < n_step; k++)
+            finish(e, e->step_seq[k], DUET_FINISH_ERROR, st);
+        return st;
+    }
+    for (int k = 0; k < n_step; k++) {
+        duet_engine_seq_t *s = e->step_seq[k];
+        if (s->kv.n_tokens < s->n_tokens)
+            continue;  /* a prompt chunk that is not the last one */
+        s->state = SEQ_RUNNING;
+        float *lg = e->logits + (size_t)k * e->model->hp.n_vocab;
+        int32_t tok = duet_sampler_sample(e->sampler, &s->sampling, lg, s->tokens, s->n_tokens,
+                                          (uint64_t)s->result.n_generated);
+        accept_token(e, s, tok);
+    }
+    return e->n_seqs;
+}
+
+void duet_engine_load(const duet_engine_t *e, duet_engine_load_t *load)
+{
+    memset(load, 0, sizeof *load);
+    for (const duet_engine_seq_t *s = e->head; s; s = s->next) {
+        if (s->state == SEQ_RUNNING || s->state == SEQ_PREFILL)
+            load->n_running++;
+        else
+            load->n_queued++;
+        if (s->state != SEQ_RUNNING)
+            load->queued_tokens += s->n_tokens - s->kv.n_tokens;
+    }
+    load->blocks_free = duet_kv_cache_n_free(e->cache);
+    load->blocks_total = duet_kv_cache_n_blocks(e->cache);
+}
+
+typedef struct {
+    duet_gen_token_fn on_token;
+    void *user;
+    int index;
+    duet_gen_result_t *result;
+} batch_slot_t;
+
+static int slot_token(void *p, int32_t token)
+{
+    batch_slot_t *slot = p;
+    return slot->on_token ? slot->on_token(slot->user, slot->index, token) : 0;
+}
+
+static void slot_finish(void *p, const duet_gen_result_t *result)
+{
+    batch_slot_t *slot = p;
+    *slot->result = *result;
 }
 
 duet_status_t duet_engine_generate(duet_engine_t *e, const duet_gen_request_t *reqs, int n,
@@ -109,114 +432,28 @@ duet_status_t duet_engine_generate(duet_engine_t *e, const duet_gen_request_t *r
 {
     if (n < 0 || (n > 0 && (!reqs || !results)))
         return DUET_ERR_INVALID;
-    int64_t t0 = duet_clock_ns();
-    seq_t *seqs = calloc((size_t)n + 1, sizeof *seqs);
-    duet_kv_seq_t **step_seqs = malloc((size_t)e->conf.max_seqs * sizeof *step_seqs);
-    int32_t *step_new = malloc((size_t)e->conf.max_seqs * sizeof *step_new);
-    int *step_req = malloc((size_t)e->conf.max_seqs * sizeof *step_req);
-    int32_t *step_tokens = malloc((size_t)e->conf.max_batch_tokens * sizeof *step_tokens);
-    duet_status_t status = DUET_OK;
-    if (!seqs || !step_seqs || !step_new || !step_req || !step_tokens) {
-        status = DUET_ERR_NOMEM;
-        goto out;
-    }
-    int n_running = 0;
+    batch_slot_t *slots = calloc((size_t)n + 1, sizeof *slots);
+    if (!slots)
+        return DUET_ERR_NOMEM;
     for (int i = 0; i < n; i++) {
-        const duet_gen_request_t *q = &reqs[i];
+        slots[i] = (batch_slot_t){on_token, user, i, &results[i]};
         memset(&results[i], 0, sizeof results[i]);
-        duet_kv_seq_init(&seqs[i].kv);
-        if (q->n_prompt < 1 || q->max_tokens < 1 || !q->prompt ||
-            (int64_t)q->n_prompt + q->max_tokens > e->conf.n_ctx) {
-            finish(e, &seqs[i], &results[i], DUET_FINISH_ERROR, DUET_ERR_INVALID, t0);
-            continue;
-        }
-        seqs[i].tokens = malloc(((size_t)q->n_prompt + (size_t)q->max_tokens) * sizeof(int32_t));
-        if (!seqs[i].tokens) {
-            finish(e, &seqs[i], &results[i], DUET_FINISH_ERROR, DUET_ERR_NOMEM, t0);
-            continue;
-        }
-        memcpy(seqs[i].tokens, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
-        seqs[i].n_tokens = q->n_prompt;
-        seqs[i].running = 1;
-        n_running++;
-    }
-
-    while (n_running > 0) {
-        /* Build a step: decode tokens first (they are cheap and keep TPOT low), then prompt chunks. */
-        int n_step = 0, budget = e->conf.max_batch_tokens;
-        for (int pass = 0; pass < 2; pass++) {
-            for (int i = 0; i < n && n_step < e->conf.max_seqs && budget > 0; i++) {
-                seq_t *s = &seqs[i];
-                if (!s->running)
-                    continue;
-                int pending = s->n_tokens - s->kv.n_tokens;
-                if ((pass == 0) != (pending == 1))
-                    continue;
-                int take = pending < budget ? pending : budget;
-                duet_status_t st = duet_kv_seq_reserve(e->cache, &s->kv, s->kv.n_tokens + take);
-                if (st != DUET_OK) {
-                    if (n_step > 0)
-                        continue;  /* others in this step will finish and free blocks */
-                    duet_log_error("engine: request %d needs KV blocks and none are free", i);
-                    finish(e, s, &results[i], DUET_FINISH_ERROR, st, t0);
-                    n_running--;
-                    continue;
-                }
-                memcpy(step_tokens + (e->conf.max_batch_tokens - budget), s->tokens + s->kv.n_tokens,
-                       (size_t)take * sizeof(int32_t));
-                step_seqs[n_step] = &s->kv;
-                step_new[n_step] = take;
-                step_req[n_step] = i;
-                n_step++;
-                budget -= take;
-            }
-        }
-        if (n_step == 0)
-            break;
-        duet_batch_t batch = {.n_seq = n_step, .seqs = step_seqs, .n_new = step_new, .tokens = step_tokens};
-        duet_status_t st = duet_forward_run(e->fwd, &batch, e->logits);
+        duet_gen_sink_t sink = {slot_token, slot_finish, &slots[i]};
+        duet_status_t st = duet_engine_submit(e, &reqs[i], &sink, NULL);
         if (st != DUET_OK) {
-            duet_log_error("engine: forward pass failed: %s", duet_status_str(st));
-            status = st;
-            break;
-        }
-        for (int k = 0; k < n_step; k++) {
-            int i = step_req[k];
-            seq_t *s = &seqs[i];
-            const duet_gen_request_t *q = &reqs[i];
-            duet_gen_result_t *r = &results[i];
-            if (s->kv.n_tokens < s->n_tokens)
-                continue;  /* a prompt chunk that is not the last one */
-            float *lg = e->logits + (size_t)k * e->model->hp.n_vocab;
-            int32_t tok = duet_sampler_sample(e->sampler, &q->sampling, lg, s->tokens, s->n_tokens,
-                                              (uint64_t)r->n_generated);
-            s->tokens[s->n_tokens++] = tok;
-            if (r->n_generated++ == 0)
-                r->first_token_ns = duet_clock_ns() - t0;
-            int cancel = on_token ? on_token(user, i, tok) : 0;
-            if (cancel)
-                finish(e, s, r, DUET_FINISH_CANCELLED, DUET_OK, t0);
-            else if (!q->ignore_eos && duet_tokenizer_is_end(e->model->tok, tok))
-                finish(e, s, r, DUET_FINISH_STOP, DUET_OK, t0);
-            else if (r->n_generated >= q->max_tokens)
-                finish(e, s, r, DUET_FINISH_LENGTH, DUET_OK, t0);
-            else
-                continue;
-            n_running--;
+            results[i].finish = DUET_FINISH_ERROR;
+            results[i].status = st;
         }
     }
-
-out:
-    for (int i = 0; seqs && i < n; i++) {
-        if (seqs[i].running)
-            finish(e, &seqs[i], &results[i], DUET_FINISH_ERROR, status ? status : DUET_ERR_INTERNAL, t0);
-        duet_kv_seq_cleanup(e->cache, &seqs[i].kv);
-        free(seqs[i].tokens);
-    }
-    free(seqs);
-    free(step_seqs);
-    free(step_new);
-    free(step_req);
-    free(step_tokens);
+    duet_status_t status = DUET_OK;
+    int left;
+    while ((left = duet_engine_step(e)) > 0)
+        ;
+    if (left < 0)
+        status = (duet_status_t)left;
+    /* A failed step already ended the requests it held; end any left by it too. */
+    while (e->head)
+        finish(e, e->head, DUET_FINISH_ERROR, status ? status : DUET_ERR_INTERNAL);
+    free(slots);
     return status;
 }

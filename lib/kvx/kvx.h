@@ -14,8 +14,12 @@
  * endpoint created with PEER, so one host uses NONE (liveness then comes from Redis heartbeats)
  * and only cross-host deployments, which run over TCP or RDMA anyway, use PEER. */
 typedef enum {
-    DUET_KVX_ERR_NONE = 0, /* fastest; a dead peer shows up as a flush timeout, never an error */
-    DUET_KVX_ERR_PEER = 1, /* a dead peer fails outstanding puts and the flush promptly */
+    /* Shared memory allowed. A dead peer over TCP fails puts and flushes (or they time out);
+     * over shared memory it is not seen at all: puts land in its still-mapped segment and the
+     * flush succeeds, so liveness must come from elsewhere (Redis heartbeats). */
+    DUET_KVX_ERR_NONE = 0,
+    /* UCX tracks the peer and fails outstanding puts and the flush promptly; TCP/RDMA only. */
+    DUET_KVX_ERR_PEER = 1,
 } duet_kvx_err_mode_t;
 
 typedef struct {
