@@ -294,6 +294,11 @@ void duet_engine_kv_failed(duet_engine_t *e, duet_engine_seq_t *s)
     s->state = SEQ_QUEUED;
 }
 
+const duet_kv_seq_t *duet_engine_seq_kv(const duet_engine_seq_t *s)
+{
+    return &s->kv;
+}
+
 void duet_engine_cancel(duet_engine_t *e, duet_engine_seq_t *s)
 {
     finish(e, s, DUET_FINISH_CANCELLED, DUET_ERR_CANCELLED);

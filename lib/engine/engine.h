@@ -91,6 +91,10 @@ void duet_engine_kv_ready(duet_engine_t *engine, duet_engine_seq_t *seq, int32_t
 /* The remote prefill failed: the engine prefills the prompt itself instead. */
 void duet_engine_kv_failed(duet_engine_t *engine, duet_engine_seq_t *seq);
 
+/* The request's KV blocks and how many positions are filled; valid until its next step or its
+ * finish (a prefill instance reads them in on_token of the first token, to send them). */
+const duet_kv_seq_t *duet_engine_seq_kv(const duet_engine_seq_t *seq);
+
 /* Ends a request with CANCELLED now; its blocks return to the pool. */
 void duet_engine_cancel(duet_engine_t *engine, duet_engine_seq_t *seq);
 
