@@ -8,10 +8,13 @@
 #include <time.h>
 
 #include "chat.h"
+#include "clock.h"
 #include "commands.h"
 #include "conf.h"
 #include "engine.h"
+#include "duet/v1/gateway.pb-c.h"
 #include "log.h"
+#include "rpc.h"
 
 typedef struct {
     const char *model;
@@ -29,6 +32,8 @@ typedef struct {
     int threads;
     int ctx;
     const char *log_level;
+    const char *gateway;
+    const char *api_key;
 } generate_conf_t;
 
 #define OPT(flag, env, type, field, def, help) \
@@ -49,12 +54,14 @@ static const duet_conf_opt_t generate_opts[] = {
     OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "0", "compute threads; 0 uses every CPU"),
     OPT("ctx", NULL, DUET_CONF_INT, ctx, "0", "context length; 0 is the model's"),
     OPT("log-level", "DUET_LOG_LEVEL", DUET_CONF_STR, log_level, "warn", "error, warn, info or debug"),
+    OPT("gateway", "DUET_GATEWAY", DUET_CONF_STR, gateway, NULL, "HOST:PORT of a duet gateway: generate there instead of in process"),
+    OPT("api-key", "DUET_API_KEY", DUET_CONF_STR, api_key, NULL, "API key sent to the gateway as a bearer token"),
 };
 #undef OPT
 #define N_OPTS ((int)(sizeof generate_opts / sizeof generate_opts[0]))
 
 typedef struct {
-    const duet_tokenizer_t *tok;
+    const duet_tokenizer_t *tok;   /* in process: the detokenizer's vocabulary */
     duet_detok_t detok;
     char *reply;          /* the text so far, kept for chat history */
     size_t reply_len, reply_cap;
@@ -87,8 +94,8 @@ static int on_token(void *user, int request, int32_t token)
 }
 
 /* Generates one reply to text; returns 0 or an exit status. */
-static int run_one(const generate_conf_t *c, duet_model_t *model, duet_engine_t *engine,
-                   const char *text, stream_t *out)
+static int run_one(const generate_conf_t *c, const duet_model_t *model, duet_engine_t *engine,
+                   const char *text, int chat, stream_t *out)
 {
     int cap = duet_engine_n_ctx(engine);
     int32_t *prompt = malloc((size_t)cap * sizeof *prompt);
@@ -96,8 +103,8 @@ static int run_one(const generate_conf_t *c, duet_model_t *model, duet_engine_t 
         return 1;
     int n_prompt = 0;
     /* A Llama-3 chat rendering already starts with <|begin_of_text|>: no second BOS. */
-    int add_bos = !(c->chat && model->chat.style == DUET_CHAT_LLAMA3);
-    duet_status_t st = duet_tokenizer_encode(model->tok, text, strlen(text), add_bos, c->chat, prompt, cap, &n_prompt);
+    int add_bos = !(chat && model->chat.style == DUET_CHAT_LLAMA3);
+    duet_status_t st = duet_tokenizer_encode(model->tok, text, strlen(text), add_bos, chat, prompt, cap, &n_prompt);
     if (st == DUET_ERR_EXHAUSTED || n_prompt >= cap) {
         fprintf(stderr, "duet: the prompt is %d tokens; the context holds %d\n", n_prompt, cap);
         free(prompt);
@@ -145,30 +152,157 @@ static int run_one(const generate_conf_t *c, duet_model_t *model, duet_engine_t 
     return 0;
 }
 
-/* Renders the conversation so far plus the new user turn; *text_p is malloc'd. */
-static int render_chat(const duet_model_t *model, const char *system, duet_chat_msg_t **history,
-                       int *n_history, const char *user_text, char **text_p)
+/* One way of producing a reply: the in-process engine, or a gateway over gRPC. */
+typedef struct {
+    const generate_conf_t *c;
+    duet_model_t *model;          /* in process */
+    duet_engine_t *engine;
+    duet_rpc_client_t *client;    /* through a gateway */
+} runner_t;
+
+static void fill_sampling(const generate_conf_t *c, Duet__V1__SamplingParams *sp, Duet__V1__StopParams *stop)
 {
-    duet_chat_msg_t *h = realloc(*history, (size_t)(*n_history + 2) * sizeof *h);
-    if (!h)
+    sp->temperature = c->temperature;
+    sp->top_p = c->top_p;
+    sp->top_k = c->top_k;
+    sp->min_p = c->min_p;
+    sp->repetition_penalty = c->repeat_penalty;
+    sp->seed = (uint64_t)c->seed;
+    sp->has_seed = 1;
+    stop->max_tokens = (uint32_t)c->max_tokens;
+    stop->ignore_eos = c->ignore_eos;
+}
+
+/* Streams a reply from the gateway: a plain prompt, or chat messages it renders itself. */
+static int run_remote(runner_t *r, const char *prompt, const duet_chat_msg_t *msgs, int n_msgs, stream_t *out)
+{
+    const generate_conf_t *c = r->c;
+    Duet__V1__GenerateRequest req = DUET__V1__GENERATE_REQUEST__INIT;
+    Duet__V1__SamplingParams sp = DUET__V1__SAMPLING_PARAMS__INIT;
+    Duet__V1__StopParams stop = DUET__V1__STOP_PARAMS__INIT;
+    fill_sampling(c, &sp, &stop);
+    req.sampling = &sp;
+    req.stop = &stop;
+    Duet__V1__ChatMessage *cm = calloc((size_t)n_msgs + 1, sizeof *cm);
+    Duet__V1__ChatMessage **cmp = calloc((size_t)n_msgs + 1, sizeof *cmp);
+    if (!cm || !cmp) {
+        free(cm);
+        free(cmp);
         return 1;
-    *history = h;
-    h[(*n_history)++] = (duet_chat_msg_t){"user", strdup(user_text)};
-    duet_chat_msg_t *msgs = malloc((size_t)(*n_history + 1) * sizeof *msgs);
-    if (!msgs)
-        return 1;
-    int n = 0;
-    if (system)
-        msgs[n++] = (duet_chat_msg_t){"system", system};
-    memcpy(msgs + n, h, (size_t)*n_history * sizeof *msgs);
-    n += *n_history;
-    duet_status_t st = duet_chat_render(&model->chat, msgs, n, 1, text_p);
-    free(msgs);
+    }
+    if (msgs) {
+        for (int i = 0; i < n_msgs; i++) {
+            duet__v1__chat_message__init(&cm[i]);
+            cm[i].role = (char *)msgs[i].role;
+            cm[i].content = (char *)msgs[i].content;
+            cmp[i] = &cm[i];
+        }
+        req.messages = cmp;
+        req.n_messages = (size_t)n_msgs;
+    } else {
+        req.prompt = (char *)prompt;
+    }
+    char bearer[512], errbuf[512] = "";
+    duet_rpc_metadata_t md = {"authorization", bearer};
+    if (c->api_key)
+        snprintf(bearer, sizeof bearer, "Bearer %s", c->api_key);
+    duet_rpc_opts_t opts = {.metadata = &md, .n_metadata = c->api_key ? 1 : 0, .error = errbuf,
+                            .error_size = sizeof errbuf};
+    duet_rpc_client_stream_t *stream;
+    int64_t t0 = duet_clock_ns(), t_first = 0;
+    duet_status_t st = duet_rpc_client_stream_open(r->client, c->gateway, "/duet.v1.Gateway/Generate",
+                                                   &req.base, &duet__v1__generate_response__descriptor,
+                                                   &opts, &stream);
+    free(cm);
+    free(cmp);
     if (st != DUET_OK) {
+        fprintf(stderr, "duet: cannot reach the gateway at %s: %s\n", c->gateway, duet_status_str(st));
+        return 1;
+    }
+    out->reply_len = 0;
+    int prompt_tokens = 0, completion_tokens = 0, rc = 0;
+    const char *finish = "none";
+    for (;;) {
+        ProtobufCMessage *msg = NULL;
+        st = duet_rpc_client_stream_read(stream, &msg);
+        if (st != DUET_OK) {
+            fprintf(stderr, "\nduet: %s: %s\n", duet_status_str(st), duet_rpc_client_stream_error(stream));
+            rc = 1;
+            break;
+        }
+        if (!msg)
+            break;
+        Duet__V1__GenerateResponse *g = (Duet__V1__GenerateResponse *)msg;
+        if (!t_first && g->n_token_ids > 0)
+            t_first = duet_clock_ns();
+        if (g->text && *g->text)
+            stream_write(out, g->text, strlen(g->text));
+        if (g->usage) {
+            prompt_tokens = (int)g->usage->prompt_tokens;
+            completion_tokens = (int)g->usage->completion_tokens;
+        }
+        if (g->finish_reason == DUET__V1__FINISH_REASON__FINISH_REASON_STOP)
+            finish = "stop";
+        else if (g->finish_reason == DUET__V1__FINISH_REASON__FINISH_REASON_LENGTH)
+            finish = "length";
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    duet_rpc_client_stream_close(stream);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (rc == 0) {
+        double first_s = t_first ? (t_first - t0) / 1e9 : 0, decode_s = t_first ? (duet_clock_ns() - t_first) / 1e9 : 0;
+        fprintf(stderr, "prompt tokens: %d, time to first token: %.0f ms, decode: %.1f tok/s (%d tokens, finish %s, seed %lld)\n",
+                prompt_tokens, first_s * 1e3, completion_tokens > 1 && decode_s > 0 ? (completion_tokens - 1) / decode_s : 0.0,
+                completion_tokens, finish, c->seed);
+    }
+    return rc;
+}
+
+/* One reply to a prompt, or to a conversation when msgs is given. */
+static int run_turn(runner_t *r, const char *prompt, const duet_chat_msg_t *msgs, int n_msgs, stream_t *out)
+{
+    if (r->client)
+        return run_remote(r, prompt, msgs, n_msgs, out);
+    if (!msgs)
+        return run_one(r->c, r->model, r->engine, prompt, 0, out);
+    char *text = NULL;
+    if (duet_chat_render(&r->model->chat, msgs, n_msgs, 1, &text) != DUET_OK) {
         fprintf(stderr, "duet: this model has no chat template duet can render; drop --chat\n");
         return 1;
     }
+    int rc = run_one(r->c, r->model, r->engine, text, 1, out);
+    free(text);
+    return rc;
+}
+
+typedef struct {
+    duet_chat_msg_t *msgs;
+    int n, cap;
+} history_t;
+
+static int history_add(history_t *h, const char *role, const char *content)
+{
+    if (h->n == h->cap) {
+        int cap = h->cap ? h->cap * 2 : 8;
+        duet_chat_msg_t *m = realloc(h->msgs, (size_t)cap * sizeof *m);
+        if (!m)
+            return 1;
+        h->msgs = m;
+        h->cap = cap;
+    }
+    char *copy = strdup(content);
+    if (!copy)
+        return 1;
+    h->msgs[h->n++] = (duet_chat_msg_t){role, copy};
     return 0;
+}
+
+static void history_free(history_t *h)
+{
+    for (int i = 0; i < h->n; i++)
+        free((char *)h->msgs[i].content);
+    free(h->msgs);
 }
 
 int duet_cmd_generate(int argc, char **argv)
@@ -189,68 +323,62 @@ int duet_cmd_generate(int argc, char **argv)
                                                 : c.ctx < 0 ? "--ctx must be >= 0" : err);
         return 2;
     }
-    duet_backend_t *be;
-    duet_model_t *model;
-    if (duet_tool_open_model(c.model, c.threads, &be, &model))
-        return 1;
-    duet_engine_conf_t ec = {.n_ctx = c.ctx, .max_seqs = 1};
-    duet_engine_t *engine;
-    duet_status_t st = duet_engine_create(model, &ec, &engine);
-    if (st != DUET_OK) {
-        fprintf(stderr, "duet generate: cannot create the engine: %s\n", duet_status_str(st));
-        duet_tool_close_model(be, model);
-        return 1;
+    runner_t r = {.c = &c};
+    duet_backend_t *be = NULL;
+    stream_t out = {0};
+    int has_template;
+    if (c.gateway) {
+        if (duet_rpc_client_create(&r.client) != DUET_OK)
+            return 1;
+        has_template = 1;  /* the gateway renders with its model's template */
+    } else {
+        if (duet_tool_open_model(c.model, c.threads, &be, &r.model))
+            return 1;
+        duet_engine_conf_t ec = {.n_ctx = c.ctx, .max_seqs = 1};
+        duet_status_t st = duet_engine_create(r.model, &ec, &r.engine);
+        if (st != DUET_OK) {
+            fprintf(stderr, "duet generate: cannot create the engine: %s\n", duet_status_str(st));
+            duet_tool_close_model(be, r.model);
+            return 1;
+        }
+        out.tok = r.model->tok;
+        has_template = r.model->chat.style != DUET_CHAT_NONE;
     }
-    stream_t out = {.tok = model->tok};
-    const char *system = c.system ? c.system : model->chat.default_system;
-    rc = 0;
+    history_t h = {0};
+    if (c.system)
+        history_add(&h, "system", c.system);
     if (c.prompt) {
-        char *text = NULL;
-        duet_chat_msg_t *history = NULL;
-        int n_history = 0;
-        if (c.chat && (rc = render_chat(model, system, &history, &n_history, c.prompt, &text)) != 0)
-            goto done;
-        rc = run_one(&c, model, engine, text ? text : c.prompt, &out);
-        free(text);
-        for (int i = 0; i < n_history; i++)
-            free((char *)history[i].content);
-        free(history);
+        if (c.chat && history_add(&h, "user", c.prompt) != 0)
+            rc = 1;
+        else
+            rc = run_turn(&r, c.prompt, c.chat ? h.msgs : NULL, h.n, &out);
     } else {
         /* Interactive: a conversation when the model has a chat template, else plain completions. */
-        int chat = c.chat || model->chat.style != DUET_CHAT_NONE;
-        c.chat = chat;
-        duet_chat_msg_t *history = NULL;
-        int n_history = 0;
+        int chat = c.chat || has_template;
         char *line = NULL;
         size_t line_cap = 0;
         ssize_t len;
-        fprintf(stderr, "duet: %s loaded; type a prompt and Enter (Ctrl-D ends)\n", model->name);
+        fprintf(stderr, "duet: %s; type a prompt and Enter (Ctrl-D ends)\n",
+                c.gateway ? c.gateway : r.model->name);
         while (fprintf(stderr, "> "), (len = getline(&line, &line_cap, stdin)) >= 0) {
             while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
                 line[--len] = '\0';
             if (len == 0)
                 continue;
-            char *text = NULL;
-            if (chat && render_chat(model, system, &history, &n_history, line, &text) != 0)
+            if (chat && history_add(&h, "user", line) != 0)
                 break;
-            run_one(&c, model, engine, text ? text : line, &out);
-            free(text);
-            if (chat && out.reply) {
-                duet_chat_msg_t *h = realloc(history, (size_t)(n_history + 1) * sizeof *h);
-                if (h) {
-                    history = h;
-                    history[n_history++] = (duet_chat_msg_t){"assistant", strdup(out.reply)};
-                }
-            }
+            if (run_turn(&r, line, chat ? h.msgs : NULL, h.n, &out) == 0 && chat && out.reply)
+                history_add(&h, "assistant", out.reply);
         }
         free(line);
-        for (int i = 0; i < n_history; i++)
-            free((char *)history[i].content);
-        free(history);
     }
-done:
+    history_free(&h);
     free(out.reply);
-    duet_engine_destroy(engine);
-    duet_tool_close_model(be, model);
+    if (r.client)
+        duet_rpc_client_destroy(r.client);
+    if (r.engine)
+        duet_engine_destroy(r.engine);
+    if (r.model)
+        duet_tool_close_model(be, r.model);
     return rc;
 }

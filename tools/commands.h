@@ -7,6 +7,7 @@
 int duet_cmd_generate(int argc, char **argv);
 int duet_cmd_bench(int argc, char **argv);
 int duet_cmd_mkmodel(int argc, char **argv);
+int duet_cmd_up(int argc, char **argv);
 
 /* The default model's cached path: $DUET_MODEL, else $XDG_CACHE_HOME/duet/models/<file>, else
  * ~/.cache/duet/models/<file> (where scripts/get-model puts it). Writes into buf. */

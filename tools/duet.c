@@ -15,6 +15,7 @@ typedef struct {
 } command_t;
 
 static const command_t commands[] = {
+    {"up",       duet_cmd_up,       "start the whole mesh on this machine: redis, scheduler, prefill, decode, gateway"},
     {"generate", duet_cmd_generate, "generate text from a prompt, in process (interactive without --prompt)"},
     {"bench",    duet_cmd_bench,    "measure prompt processing (pp512) and generation (tg128) speed"},
     {"mkmodel",  duet_cmd_mkmodel,  "write a small random-weight GGUF model for tests"},
