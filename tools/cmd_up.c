@@ -37,6 +37,7 @@ typedef struct {
     int ctx;
     int start_timeout_s;
     const char *log_level;
+    int metrics_port;
 } up_conf_t;
 
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(up_conf_t, field), def, help}
@@ -52,6 +53,7 @@ static const duet_conf_opt_t up_opts[] = {
     OPT("ctx", NULL, DUET_CONF_INT, ctx, "2048", "context length of every instance"),
     OPT("start-timeout", NULL, DUET_CONF_INT, start_timeout_s, "60", "seconds to wait for the mesh to come up"),
     OPT("log-level", "DUET_LOG_LEVEL", DUET_CONF_STR, log_level, "info", "log level of the services"),
+    OPT("metrics-port", NULL, DUET_CONF_INT, metrics_port, "0", "first Prometheus port, one per service counting up (0: the gateway port + 1, -1: none)"),
 };
 #undef OPT
 #define N_OPTS ((int)(sizeof up_opts / sizeof up_opts[0]))
@@ -62,6 +64,7 @@ typedef struct {
     char name[32];
     pid_t pid;
     char log[1200];
+    int metrics_port;   /* 0: none */
 } proc_t;
 
 typedef struct {
@@ -74,11 +77,25 @@ typedef struct {
 
 /* Starts argv[0] (a name in bin_dir, or a program on PATH when bare is set) with output to a log
  * file in the run directory, pinned to cpus [cpu_first, cpu_first + n_cpus) when n_cpus > 0. */
-static int spawn(mesh_t *m, const char *name, char *const argv[], int bare, int cpu_first, int n_cpus)
+static int spawn(mesh_t *m, const char *name, char *const argv_in[], int bare, int cpu_first, int n_cpus,
+                 int metrics_port)
 {
     if (m->n_procs == MAX_PROCS)
         return -1;
     proc_t *p = &m->procs[m->n_procs];
+    char *argv[32], port_s[16];
+    int n = 0;
+    while (argv_in[n] && n < 28) {
+        argv[n] = argv_in[n];
+        n++;
+    }
+    if (metrics_port > 0) {
+        snprintf(port_s, sizeof port_s, "%d", metrics_port);
+        argv[n++] = "--metrics-port";
+        argv[n++] = port_s;
+    }
+    argv[n] = NULL;
+    p->metrics_port = metrics_port;
     snprintf(p->name, sizeof p->name, "%s", name);
     snprintf(p->log, sizeof p->log, "%s/%s.log", m->run_dir, name);
     char path[1100];
@@ -282,7 +299,7 @@ int duet_cmd_up(int argc, char **argv)
         snprintf(redis_url, sizeof redis_url, "unix://%s", sock);
         char *rargv[] = {"redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
                          "--save", "", "--appendonly", "no", NULL};
-        if (spawn(m, "redis", rargv, 1, 0, 0) != 0)
+        if (spawn(m, "redis", rargv, 1, 0, 0, 0) != 0)
             goto out;
     }
 
@@ -297,8 +314,9 @@ int duet_cmd_up(int argc, char **argv)
     snprintf(listen_s, sizeof listen_s, "127.0.0.1:%d", c.port);
     char *log_level = (char *)c.log_level;
 
+    int metrics = c.metrics_port < 0 ? 0 : c.metrics_port ? c.metrics_port : c.port + 1;
     char *sargv[] = {"duet-scheduler", "--redis", redis_url, "--log-level", log_level, NULL};
-    if (spawn(m, "scheduler", sargv, 0, 0, 0) != 0)
+    if (spawn(m, "scheduler", sargv, 0, 0, 0, metrics ? metrics++ : 0) != 0)
         goto out;
     int cpu = 0;
     struct { const char *bin, *role; int n; } kinds[] = {
@@ -321,14 +339,14 @@ int duet_cmd_up(int argc, char **argv)
             if (strcmp(kinds[k].role, "mixed") == 0)
                 argv_i[a++] = "--role", argv_i[a++] = "mixed";
             argv_i[a] = NULL;
-            if (spawn(m, name, argv_i, 0, pin ? cpu : 0, pin ? per : 0) != 0)
+            if (spawn(m, name, argv_i, 0, pin ? cpu : 0, pin ? per : 0, metrics ? metrics++ : 0) != 0)
                 goto out;
             cpu += per;
         }
     }
     char *gargv[] = {"duet-gateway", "--redis", redis_url, "--listen", listen_s, "--model", (char *)model,
                      "--ctx", ctx_s, "--log-level", log_level, NULL};
-    if (spawn(m, "gateway", gargv, 0, 0, 0) != 0)
+    if (spawn(m, "gateway", gargv, 0, 0, 0, metrics ? metrics++ : 0) != 0)
         goto out;
 
     /* Wait until everyone is registered and the gateway answers its health check. */
@@ -370,6 +388,10 @@ int duet_cmd_up(int argc, char **argv)
     fprintf(stderr, "duet up: redis %s, scheduler, %d prefill, %d decode, %d mixed (%d thread%s each%s); logs in %s\n",
             redis_url, c.n_prefill, c.n_decode, c.n_mixed, threads, threads == 1 ? "" : "s",
             pin ? ", pinned to their own cores" : "", m->run_dir);
+    for (int i = 0; i < m->n_procs; i++)
+        if (m->procs[i].metrics_port)
+            fprintf(stderr, "duet up: %-10s metrics at http://127.0.0.1:%d/metrics\n", m->procs[i].name,
+                    m->procs[i].metrics_port);
     printf("gateway listening on %s\n", listen_s);
     fflush(stdout);
 

@@ -25,6 +25,7 @@ struct duet_service {
     duet_inst_role_t role;
     void *state;
     duet_rpc_server_t *server;
+    duet_metrics_t *metrics;
 
     pthread_t heartbeat;
     pthread_mutex_t lock;
@@ -41,6 +42,7 @@ static const duet_conf_opt_t common_opts[] = {
     COMMON("id", "DUET_ID", DUET_CONF_STR, id, "", "instance id (default: hostname-pid-random)"),
     COMMON("log-level", "DUET_LOG_LEVEL", DUET_CONF_STR, log_level, "info", "error, warn, info or debug"),
     COMMON("cq-threads", "DUET_CQ_THREADS", DUET_CONF_INT, cq_threads, "2", "gRPC completion-queue threads"),
+    COMMON("metrics-port", "DUET_METRICS_PORT", DUET_CONF_INT, metrics_port, "-1", "Prometheus /metrics HTTP port (0: any free port, -1: off)"),
 };
 #undef COMMON
 #define N_COMMON ((int)(sizeof common_opts / sizeof common_opts[0]))
@@ -50,6 +52,7 @@ const char *duet_service_address(const duet_service_t *svc) { return svc->addres
 duet_inst_role_t duet_service_role(const duet_service_t *svc) { return svc->role; }
 void duet_service_set_role(duet_service_t *svc, duet_inst_role_t role) { svc->role = role; }
 const duet_service_common_t *duet_service_common(const duet_service_t *svc) { return svc->common; }
+duet_metrics_t *duet_service_metrics(const duet_service_t *svc) { return svc->metrics; }
 
 static duet_status_t register_instance(duet_service_t *svc, duet_state_t *store)
 {
@@ -181,10 +184,18 @@ int duet_service_main(const duet_service_def_t *def, int argc, char **argv)
 
     const duet_rpc_method_t *methods = NULL;
     int n_methods = 0;
+    if (duet_metrics_create(&svc.metrics) != DUET_OK)
+        goto out_free;
     duet_status_t st = def->start(&svc, conf, &svc.state, &methods, &n_methods);
     if (st != DUET_OK) {
         duet_log_error("%s: cannot start: %s", def->name, duet_status_str(st));
-        goto out_free;
+        goto out_metrics;
+    }
+    if (svc.common->metrics_port >= 0) {
+        int port;
+        if (duet_metrics_serve(svc.metrics, svc.common->metrics_port, &port) != DUET_OK)
+            goto out_stop;
+        duet_log_info("%s: metrics at http://%s:%d/metrics", def->name, svc.common->advertise, port);
     }
     duet_rpc_server_conf_t sc = {
         .address = svc.common->listen,
@@ -223,6 +234,8 @@ out_server:
     pthread_mutex_destroy(&svc.lock);
 out_stop:
     def->stop(svc.state);
+out_metrics:
+    duet_metrics_destroy(svc.metrics);
 out_free:
     free(conf);
     free(opts);

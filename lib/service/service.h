@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "conf.h"
+#include "metrics.h"
 #include "rpc.h"
 #include "state.h"
 #include "status.h"
@@ -21,6 +22,7 @@ typedef struct {
     const char *id;            /* instance id; empty: hostname-pid-random */
     const char *log_level;
     int cq_threads;            /* gRPC completion-queue threads */
+    int metrics_port;          /* Prometheus /metrics port; 0 picks one, -1 serves none */
 } duet_service_common_t;
 
 typedef struct duet_service duet_service_t;
@@ -56,5 +58,7 @@ duet_inst_role_t  duet_service_role(const duet_service_t *svc);
 /* Sets the role the instance registers with (default from the def's name). Call from start. */
 void              duet_service_set_role(duet_service_t *svc, duet_inst_role_t role);
 const duet_service_common_t *duet_service_common(const duet_service_t *svc);
+/* The service's metric registry (exists even when --metrics-port is -1): register in start. */
+duet_metrics_t   *duet_service_metrics(const duet_service_t *svc);
 
 #endif
