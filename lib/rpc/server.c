@@ -84,6 +84,9 @@ struct duet_rpc_call {
     char                     error[STATUS_MSG_MAX];
     void                   (*on_cancel)(void *arg);
     void                    *on_cancel_arg;
+    int                      cb_running;         /* on_cancel is running on cb_thread */
+    pthread_t                cb_thread;
+    pthread_cond_t           cb_done;
 };
 
 struct duet_rpc_server {
@@ -179,6 +182,7 @@ static void call_destroy(duet_rpc_call_t *c)
     grpc_slice_unref(c->status_details);
     grpc_call_unref(c->call);
     pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cb_done);
     free(c);
 
     pthread_mutex_lock(&s->mu);
@@ -314,6 +318,8 @@ static void call_finish_v(duet_rpc_call_t *c, duet_status_t status, const char *
     if (fmt)
         vsnprintf(msg, sizeof msg, fmt, ap);
     pthread_mutex_lock(&c->mu);
+    while (c->cb_running && !pthread_equal(c->cb_thread, pthread_self()))
+        pthread_cond_wait(&c->cb_done, &c->mu);
     call_finish_locked(c, status, msg[0] ? msg : c->error);
 }
 
@@ -330,12 +336,22 @@ static void on_recv_close(duet_rpc_call_t *c)
         fn = c->on_cancel;
         arg = c->on_cancel_arg;
         c->on_cancel = NULL;
+        if (fn) {
+            c->cb_running = 1;
+            c->cb_thread = pthread_self();
+        }
     }
     pthread_mutex_unlock(&c->mu);
-    /* Outside the lock: the callback may finish the stream. Our ref keeps the call alive. */
+    /* Outside the lock: the callback may finish the stream. Our ref keeps the call alive, and
+     * a finish from another thread waits for the callback (see call_finish_v), so the handler
+     * cannot free what the callback's argument points to while it runs. */
     if (fn)
         fn(arg);
     pthread_mutex_lock(&c->mu);
+    if (fn) {
+        c->cb_running = 0;
+        pthread_cond_broadcast(&c->cb_done);
+    }
     call_unref_unlock(c);
 }
 
@@ -383,6 +399,7 @@ static void call_start(duet_rpc_server_t *s, slot_t *slot)
     if (!m)
         c->deadline = slot->details.deadline;
     pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cb_done, NULL);
     c->t_close = (tag_t){ TAG_RECV_CLOSE, c };
     c->t_send = (tag_t){ TAG_SEND, c };
     c->t_wake = (tag_t){ TAG_WAKE, c };
@@ -434,7 +451,7 @@ static void call_start(duet_rpc_server_t *s, slot_t *slot)
         duet_status_t st = m->unary(c, c->request, m->arg);
         pthread_mutex_lock(&c->mu);
         if (c->deferred) {
-            pthread_mutex_unlock(&c->mu);
+            call_unref_unlock(c);   /* the ref defer took: the call may be finished already */
             return;
         }
         call_finish_locked(c, st, c->error);
@@ -519,6 +536,8 @@ void duet_rpc_call_set_error(duet_rpc_call_t *call, const char *fmt, ...)
 void duet_rpc_call_defer(duet_rpc_call_t *call)
 {
     pthread_mutex_lock(&call->mu);
+    if (!call->deferred)
+        call->refs++;   /* held by call_start until the handler has returned */
     call->deferred = 1;
     pthread_mutex_unlock(&call->mu);
 }
