@@ -1,5 +1,5 @@
-# Makefile — the quick start: `make up` runs duet on the CPU with the default model, `make test`
-# runs every test this machine can run. Both install what is missing first.
+# Makefile — the quick start: `make up` starts the whole duet mesh on the CPU with the default
+# model, `make test` runs every test this machine can run. Both install what is missing first.
 .PHONY: up test build deps model clean
 
 BUILD ?= build
@@ -16,10 +16,10 @@ build: deps model
 	@cmake --build $(BUILD) -j $(JOBS)
 
 up: build
-	@$(BUILD)/bin/duet generate --model "$$(scripts/get-model)"
+	@$(BUILD)/bin/duet up --model "$$(scripts/get-model)"
 
 test: deps model
 	@scripts/run-tests
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz

@@ -196,6 +196,37 @@ void duet_metric_observe(duet_metric_t *x, double v)
     atomic_fetch_add_explicit(&x->count, 1, memory_order_relaxed);
 }
 
+static const char *const outcome_names[8] = {"ok", "invalid", "unauthenticated", "exhausted",
+                                             "unavailable", "cancelled", "deadline", "error"};
+
+static int outcome_index(duet_status_t st)
+{
+    switch (st) {
+    case DUET_OK:                  return 0;
+    case DUET_ERR_INVALID:         return 1;
+    case DUET_ERR_UNAUTHENTICATED: return 2;
+    case DUET_ERR_EXHAUSTED:       return 3;
+    case DUET_ERR_UNAVAILABLE:     return 4;
+    case DUET_ERR_CANCELLED:       return 5;
+    case DUET_ERR_DEADLINE:        return 6;
+    default:                       return 7;
+    }
+}
+
+void duet_metrics_outcomes_init(duet_metrics_outcomes_t *o, duet_metrics_t *m)
+{
+    for (int i = 0; i < 8; i++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome_names[i]);
+        o->by_outcome[i] = duet_metrics_counter(m, "duet_requests_total", "Requests finished, by outcome.", labels);
+    }
+}
+
+void duet_metrics_outcome(duet_metrics_outcomes_t *o, duet_status_t status)
+{
+    duet_metric_add(o->by_outcome[outcome_index(status)], 1);
+}
+
 typedef struct {
     char *buf;
     size_t len, cap;

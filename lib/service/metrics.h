@@ -34,6 +34,17 @@ void duet_metric_observe(duet_metric_t *histogram, double value);
 extern const double duet_metrics_latency_buckets[];
 extern const int duet_metrics_n_latency_buckets;
 
+/* duet_requests_total{outcome="..."}: one counter per outcome a duet status maps to. */
+typedef struct {
+    duet_metric_t *by_outcome[8];
+} duet_metrics_outcomes_t;
+
+/* Registers the family (a service calls it once, in start). */
+void duet_metrics_outcomes_init(duet_metrics_outcomes_t *o, duet_metrics_t *m);
+/* Counts one finished request: ok, invalid, unauthenticated, exhausted, unavailable, cancelled,
+ * deadline or error. */
+void duet_metrics_outcome(duet_metrics_outcomes_t *o, duet_status_t status);
+
 /* The whole registry in the Prometheus text format; *text_p is malloc'd. */
 duet_status_t duet_metrics_render(duet_metrics_t *m, char **text_p, size_t *len_p);
 

@@ -1,0 +1,1487 @@
+/* services/gateway/gateway.c — duet-gateway, the public face: authenticates and validates a
+ * request, tokenizes it, records it in Redis, asks the scheduler for a placement, opens
+ * Decode.Generate on the chosen decode instance and relays its tokens as text (incremental,
+ * UTF-8 safe, stop strings honoured). Also Tokenize and ModelInfo, from the model's vocabulary
+ * alone (the weights are never loaded here).
+ *
+ * Threads: handlers run on gRPC completion-queue threads and do only quick work (auth,
+ * validation, tokenization); each accepted Generate/Complete gets one of --max-streams slots and
+ * a worker thread of its own, which does everything that blocks (Redis, Route, reading the
+ * decode stream) and finishes the call. A client's cancel arrives on a completion-queue thread
+ * and only cancels the slot's decode stream, which wakes the worker.
+ *
+ * The request record (DESIGN.md §1): this file makes QUEUED (create) → ROUTED; → FAILED or
+ * CANCELLED while no decode instance has taken the request; X → ROUTED (attempt + 1) when the
+ * decode instance became unreachable and the request is placed again; and → FAILED when it gave
+ * up on an unreachable one. Every other transition belongs to the decode service. */
+#include <ctype.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "clock.h"
+#include "duet/v1/decode.pb-c.h"
+#include "duet/v1/gateway.pb-c.h"
+#include "duet/v1/scheduler.pb-c.h"
+#include "gateway.h"
+#include "gguf.h"
+#include "log.h"
+#include "service.h"
+#include "state.h"
+#include "tokenizer.h"
+
+#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+#define REQ_ID_MAX         63     /* a client's request id, bytes */
+#define STOP_MAX           16     /* stop strings per request */
+#define STOP_LEN_MAX       256    /* bytes per stop string */
+#define PENDING_MAX_MSGS   256    /* queued messages to a slow client before the worker waits */
+#define MSG_MAX            512    /* error texts */
+
+typedef struct {
+    duet_service_common_t common;
+    const char *model;          /* GGUF path; empty: $DUET_MODEL or the cached default */
+    int ctx;                    /* context limit; 0 or more than the model's: the model's */
+    const char *api_keys;       /* comma-separated; empty: no authentication */
+    const char *scheduler;      /* host:port; empty: a live scheduler found in Redis */
+    int route_timeout_ms;
+    int max_streams;            /* concurrent Generate/Complete calls */
+    int redis_timeout_ms;
+    int max_retries;            /* new placements after a decode instance fails mid-request */
+} gw_conf_t;
+
+#define OPT(flag, env, type, field, def, help) \
+    {flag, env, type, offsetof(gw_conf_t, field), def, help}
+static const duet_conf_opt_t gw_opts[] = {
+    OPT("model", "DUET_MODEL", DUET_CONF_STR, model, "", "GGUF model file: vocabulary, chat template, context (default: ~/.cache/duet/models/" DEFAULT_MODEL_FILE ")"),
+    OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "context limit in tokens (prompt + generated); capped at the model's; 0: the model's"),
+    OPT("api-keys", "DUET_API_KEYS", DUET_CONF_STR, api_keys, "", "comma-separated API keys clients send as 'authorization: Bearer <key>'; empty: no auth"),
+    OPT("scheduler", "DUET_SCHEDULER", DUET_CONF_STR, scheduler, "", "scheduler host:port; empty: a live scheduler registered in Redis"),
+    OPT("route-timeout-ms", "DUET_ROUTE_TIMEOUT_MS", DUET_CONF_INT, route_timeout_ms, "2000", "how long to wait for the scheduler's placement"),
+    OPT("max-streams", "DUET_MAX_STREAMS", DUET_CONF_INT, max_streams, "256", "concurrent Generate/Complete calls; more get RESOURCE_EXHAUSTED"),
+    OPT("redis-timeout-ms", "DUET_REDIS_TIMEOUT_MS", DUET_CONF_INT, redis_timeout_ms, "500", "timeout of one Redis command"),
+    OPT("max-retries", "DUET_MAX_RETRIES", DUET_CONF_INT, max_retries, "2", "times a request moves to another decode instance when its own becomes unreachable"),
+};
+#undef OPT
+
+typedef struct gw gw_t;
+
+/* One accepted Generate or Complete. The slot outlives the request (slots live as long as the
+ * gateway), which is what makes the cancel callback safe: a late callback finds either nothing or
+ * a newer request whose call is not cancelled, and leaves it alone. */
+typedef struct {
+    gw_t *gw;
+    pthread_mutex_t mu;                     /* guards call and dstream against the cancel callback */
+    duet_rpc_call_t *call;                  /* the client's call while a worker serves it */
+    duet_rpc_client_stream_t *dstream;      /* the decode stream while open */
+    pthread_t thread;
+    int joinable;                           /* thread not joined yet (under gw->mu) */
+    int busy;                               /* under gw->mu */
+
+    /* The request, set by the handler before the worker starts; the worker's alone after. */
+    int unary;                              /* Complete: accumulate, reply once */
+    const Duet__V1__GenerateRequest *req;   /* the runtime's until the call is finished */
+    char id[DUET_STATE_ID_MAX];
+    uint32_t *prompt;                       /* [n_prompt] */
+    int n_prompt;
+    uint32_t max_tokens;                    /* resolved: never 0 */
+    int64_t deadline_ms;                    /* monotonic ms; INT64_MAX: none */
+    int64_t t_begin_ns, t_first_ns, t_last_ns;  /* monotonic: accepted, first and last token */
+    uint32_t n_out;                         /* tokens relayed */
+} slot_t;
+
+struct gw {
+    const gw_conf_t *conf;
+    duet_gguf_t *gguf;                      /* kept open: the tokenizer's strings live in it */
+    duet_tokenizer_t *tok;
+    duet_chat_template_t chat;
+    char model_id[DUET_STATE_NAME_MAX];
+    char model_file[DUET_STATE_NAME_MAX];   /* the file's base name */
+    char arch[64];
+    int ctx, n_vocab;
+    uint32_t *eos_ids;                      /* [n_eos]: every token that ends generation */
+    int n_eos;
+
+    char *keys_buf;                         /* the --api-keys copy the keys point into */
+    const char **keys;                      /* [n_keys] */
+    size_t *key_lens;
+    int n_keys;
+
+    duet_rpc_client_t *client;
+    pthread_mutex_t store_mu;               /* one Redis connection shared by the workers */
+    duet_state_t *store;
+
+    pthread_mutex_t mu;                     /* guards the slots' busy/joinable and active */
+    pthread_cond_t idle;
+    slot_t *slots;                          /* [max_streams] */
+    int active;
+
+    duet_rpc_method_t methods[4];
+
+    /* Metrics, as the client sees them (DESIGN §8). */
+    duet_metric_t *ttft, *tpot, *e2e;
+    duet_metrics_outcomes_t outcomes;
+};
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+    return duet_clock_ns() / 1000000;
+}
+
+static const char *str_or_empty(const char *s)
+{
+    return s ? s : "";
+}
+
+/* A growable byte buffer; the text is kept NUL-terminated. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} buf_t;
+
+static int buf_append(buf_t *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+/* Drops the first n bytes. */
+static void buf_consume(buf_t *b, size_t n)
+{
+    if (n == 0)
+        return;
+    memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+    if (b->p)
+        b->p[b->len] = '\0';
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 if none starts there. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else
+        return 0;
+    if (len > n || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return len;
+}
+
+/* A token's bytes as a proto string: valid UTF-8 is kept, each other byte becomes "\xNN". */
+static char *escape_piece(const char *bytes, size_t n)
+{
+    char *out = malloc(n * 4 + 1), *o = out;
+    if (!out)
+        return NULL;
+    const unsigned char *s = (const unsigned char *)bytes;
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_seq(s + i, n - i);
+        if (len) {
+            memcpy(o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            o += sprintf(o, "\\x%02X", s[i]);
+            i++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Constant-time equality, so the time taken does not tell how much of a guessed key is right. */
+static int ct_equal(const char *a, size_t a_len, const char *b, size_t b_len)
+{
+    unsigned diff = (unsigned)(a_len ^ b_len);
+    for (size_t i = 0; i < b_len; i++)
+        diff |= (unsigned char)(b[i] ^ (i < a_len ? a[i] : 0));
+    return diff == 0;
+}
+
+/* DUET_OK when no keys are configured or the call carries one of them; every key is compared. */
+static duet_status_t authenticate(const gw_t *gw, duet_rpc_call_t *call)
+{
+    if (gw->n_keys == 0)
+        return DUET_OK;
+    const char *got = duet_rpc_call_bearer(call);
+    size_t got_len = got ? strlen(got) : 0;
+    int ok = 0;
+    for (int i = 0; i < gw->n_keys; i++)
+        ok |= ct_equal(got ? got : "", got_len, gw->keys[i], gw->key_lens[i]);
+    if (ok && got_len > 0)
+        return DUET_OK;
+    duet_rpc_call_set_error(call, got ? "invalid API key" : "missing API key (authorization: Bearer <key>)");
+    return DUET_ERR_UNAUTHENTICATED;
+}
+
+/* ---- Redis ---------------------------------------------------------------------------------- */
+
+/* The shared store, connected on first use and again after a failure; call under store_mu. */
+static duet_state_t *store_locked(gw_t *gw)
+{
+    if (!gw->store &&
+        duet_state_connect(gw->conf->common.redis, gw->conf->redis_timeout_ms, &gw->store) != DUET_OK)
+        gw->store = NULL;
+    return gw->store;
+}
+
+/* A connection that broke while idle (Redis restarted) fails its first command and is remade by
+ * the next, so each Redis operation below is tried twice when the first says UNAVAILABLE. */
+#define REDIS_TRIES 2
+
+/* Records the request in QUEUED. INVALID when a client's id is already in use. */
+static duet_status_t record_create(gw_t *gw, const slot_t *s, int own_id, char *err, size_t err_cap)
+{
+    duet_state_req_new_t rn = {
+        .id = s->id, .model = gw->model_id, .prompt_tokens = s->n_prompt,
+        .max_tokens = s->max_tokens, .arrival_ms = duet_clock_wall_ms(),
+    };
+    pthread_mutex_lock(&gw->store_mu);
+    duet_state_t *st = NULL;
+    duet_status_t status = DUET_ERR_UNAVAILABLE;
+    for (int attempt = 0; attempt < REDIS_TRIES && status == DUET_ERR_UNAVAILABLE; attempt++) {
+        st = store_locked(gw);
+        status = st ? duet_state_req_create(st, &rn) : DUET_ERR_UNAVAILABLE;
+        /* A retried create of our own random id that exists was applied by the first try. */
+        if (attempt > 0 && own_id && status == DUET_ERR_INVALID)
+            status = DUET_OK;
+    }
+    if (status == DUET_ERR_INVALID)
+        snprintf(err, err_cap, "request_id: \"%s\" is already in use", s->id);
+    else if (status != DUET_OK)
+        snprintf(err, err_cap, "gateway: Redis unavailable (%s)", st ? duet_state_last_error(st) : "cannot connect");
+    pthread_mutex_unlock(&gw->store_mu);
+    return status == DUET_ERR_INVALID ? DUET_ERR_INVALID : status == DUET_OK ? DUET_OK : DUET_ERR_UNAVAILABLE;
+}
+
+/* Moves the record from `from` to `to`; errors are logged here, once. */
+static duet_status_t record_move(gw_t *gw, const char *id, duet_req_state_t from, duet_req_state_t to,
+                                 const duet_state_req_update_t *up, duet_req_state_t *found_p)
+{
+    pthread_mutex_lock(&gw->store_mu);
+    duet_state_t *st = NULL;
+    duet_status_t status = DUET_ERR_UNAVAILABLE;
+    for (int attempt = 0; attempt < REDIS_TRIES && status == DUET_ERR_UNAVAILABLE; attempt++) {
+        st = store_locked(gw);
+        status = st ? duet_state_req_transition(st, id, from, to, up, found_p) : DUET_ERR_UNAVAILABLE;
+    }
+    if (status != DUET_OK && status != DUET_ERR_INVALID)   /* a refusal is the caller's to judge */
+        duet_log_warn("gateway: request %s: %s -> %s: %s (%s)", id, duet_state_req_state_name(from),
+                      duet_state_req_state_name(to), duet_status_str(status),
+                      st ? duet_state_last_error(st) : "Redis unreachable");
+    pthread_mutex_unlock(&gw->store_mu);
+    return status;
+}
+
+/* Moves the record to `to` from `from`, or from the non-terminal state it is found in when that
+ * differs (the decode side may have moved it meanwhile). *found_p: the state last found. */
+static duet_status_t record_follow(gw_t *gw, const char *id, duet_req_state_t from, duet_req_state_t to,
+                                   const duet_state_req_update_t *up, duet_req_state_t *found_p)
+{
+    duet_status_t status = DUET_ERR_INVALID;
+    for (int tries = 0; tries < 3; tries++) {
+        *found_p = DUET_REQ_NONE;
+        status = record_move(gw, id, from, to, up, found_p);
+        if (status != DUET_ERR_INVALID || *found_p == DUET_REQ_NONE || *found_p == from ||
+            duet_state_req_state_is_terminal(*found_p))
+            break;
+        from = *found_p;
+    }
+    return status;
+}
+
+/* Ends a record the decode service did not end (never reached, or gone). Best effort: refused
+ * when the record has ended already. */
+static void record_end(gw_t *gw, const char *id, duet_req_state_t from, duet_req_state_t to,
+                       const char *error)
+{
+    duet_state_req_update_t up = DUET_STATE_REQ_UPDATE_INIT;
+    up.error = error;
+    up.finish_reason = to == DUET_REQ_CANCELLED ? "cancelled" : "error";
+    duet_req_state_t found;
+    record_follow(gw, id, from, to, &up, &found);
+}
+
+/* ---- routing -------------------------------------------------------------------------------- */
+
+/* The scheduler to ask: --scheduler, or a live one from Redis, picked at random. */
+static duet_status_t find_scheduler(gw_t *gw, char *addr, size_t cap)
+{
+    if (gw->conf->scheduler && gw->conf->scheduler[0]) {
+        snprintf(addr, cap, "%s", gw->conf->scheduler);
+        return DUET_OK;
+    }
+    duet_state_inst_t *insts = NULL;
+    int n = 0;
+    duet_status_t status = DUET_ERR_UNAVAILABLE;
+    pthread_mutex_lock(&gw->store_mu);
+    for (int attempt = 0; attempt < REDIS_TRIES && status == DUET_ERR_UNAVAILABLE; attempt++) {
+        duet_state_t *st = store_locked(gw);
+        status = st ? duet_state_inst_list(st, DUET_ROLE_SCHEDULER, &insts, &n) : DUET_ERR_UNAVAILABLE;
+    }
+    pthread_mutex_unlock(&gw->store_mu);
+    if (status != DUET_OK)
+        return DUET_ERR_UNAVAILABLE;
+    if (n == 0)
+        return DUET_ERR_NOT_FOUND;
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+        r = (uint32_t)mono_ms();
+    snprintf(addr, cap, "%s", insts[r % (uint32_t)n].grpc_addr);
+    duet_state_inst_list_free(insts);
+    return DUET_OK;
+}
+
+static int64_t ms_left(const slot_t *s)
+{
+    return s->deadline_ms == INT64_MAX ? INT64_MAX : s->deadline_ms - mono_ms();
+}
+
+/* Asks the scheduler for a placement. On failure returns the status for the client and the
+ * reason in err. */
+static duet_status_t route(gw_t *gw, slot_t *s, uint32_t attempt, uint32_t n_generated, char **exclude,
+                           size_t n_exclude, Duet__V1__RouteResponse **resp_p, char *err, size_t err_cap)
+{
+    char addr[DUET_STATE_ADDR_MAX];
+    duet_status_t status = find_scheduler(gw, addr, sizeof addr);
+    if (status != DUET_OK) {
+        snprintf(err, err_cap, status == DUET_ERR_NOT_FOUND ? "no live scheduler" : "gateway: Redis unavailable");
+        return DUET_ERR_UNAVAILABLE;
+    }
+    int64_t timeout = gw->conf->route_timeout_ms, left = ms_left(s);
+    if (left <= 0) {
+        snprintf(err, err_cap, "deadline exceeded before routing");
+        return DUET_ERR_DEADLINE;
+    }
+    if (left < timeout)
+        timeout = left;
+    Duet__V1__RouteRequest rq = DUET__V1__ROUTE_REQUEST__INIT;
+    rq.request_id = s->id;
+    rq.prompt_tokens = (uint32_t)s->n_prompt + n_generated;   /* a retry recomputes those too */
+    rq.max_tokens = s->max_tokens - n_generated;
+    rq.attempt = attempt;
+    rq.n_exclude_instances = n_exclude;
+    rq.exclude_instances = exclude;
+    char msg[MSG_MAX] = "";
+    duet_rpc_opts_t opts = {.timeout_ms = timeout, .error = msg, .error_size = sizeof msg};
+    ProtobufCMessage *resp = NULL;
+    status = duet_rpc_client_unary(gw->client, addr, "/duet.v1.Scheduler/Route", &rq.base,
+                                   &duet__v1__route_response__descriptor, &opts, &resp);
+    if (status == DUET_OK) {
+        Duet__V1__RouteResponse *r = (Duet__V1__RouteResponse *)resp;
+        if (r->decode_address && r->decode_address[0]) {
+            *resp_p = r;
+            return DUET_OK;
+        }
+        protobuf_c_message_free_unpacked(resp, NULL);
+        snprintf(err, err_cap, "scheduler at %s returned no decode instance", addr);
+        return DUET_ERR_UNAVAILABLE;
+    }
+    if (status == DUET_ERR_EXHAUSTED || status == DUET_ERR_UNAVAILABLE) {
+        snprintf(err, err_cap, "%s", msg[0] ? msg : duet_status_str(status));
+        return status;
+    }
+    if (status == DUET_ERR_DEADLINE && ms_left(s) <= 0) {
+        snprintf(err, err_cap, "deadline exceeded while routing");
+        return DUET_ERR_DEADLINE;
+    }
+    /* Our own route timeout, or the scheduler failing otherwise: it is a dependency being down. */
+    snprintf(err, err_cap, "scheduler at %s: %s%s%s", addr, duet_status_str(status), msg[0] ? ": " : "", msg);
+    return DUET_ERR_UNAVAILABLE;
+}
+
+/* ---- the relay ------------------------------------------------------------------------------ */
+
+/* Where text may be released: a full match of a stop string cuts the text (*matched_p = 1); else
+ * every byte before the earliest suffix that could still grow into a stop string is safe. */
+static size_t stop_scan(const Duet__V1__GenerateRequest *req, const buf_t *text, int *matched_p)
+{
+    const Duet__V1__StopParams *sp = req->stop;
+    size_t n_stop = sp ? sp->n_stop : 0;
+    size_t cut = text->len;
+    *matched_p = 0;
+    if (n_stop == 0 || text->len == 0)
+        return cut;
+    for (size_t k = 0; k < n_stop; k++) {
+        const char *m = memmem(text->p, text->len, sp->stop[k], strlen(sp->stop[k]));
+        if (m && (size_t)(m - text->p) <= cut) {
+            cut = (size_t)(m - text->p);
+            *matched_p = 1;
+        }
+    }
+    if (*matched_p)
+        return cut;
+    for (size_t i = 0; i < text->len; i++) {
+        size_t tail = text->len - i;
+        for (size_t k = 0; k < n_stop; k++) {
+            size_t sl = strlen(sp->stop[k]);
+            if (tail < sl && memcmp(text->p + i, sp->stop[k], tail) == 0)
+                return i;
+        }
+    }
+    return cut;
+}
+
+typedef struct {
+    buf_t text;            /* detokenized, not yet released (held back for stop strings) */
+    buf_t all;             /* Complete: everything released */
+    uint32_t *ids;         /* Complete: every token; Generate: this step's */
+    size_t n_ids, cap_ids;
+    duet_detok_t detok;
+    uint32_t *gen;         /* [n_generated]: every token so far, re-sent to decode on a retry */
+    uint32_t n_generated, cap_gen;
+} relay_t;
+
+static int relay_add_gen(relay_t *r, const uint32_t *ids, size_t n)
+{
+    if (r->n_generated + n > r->cap_gen) {
+        size_t cap = r->cap_gen ? r->cap_gen * 2 : 64;
+        while (cap < r->n_generated + n)
+            cap *= 2;
+        uint32_t *p = realloc(r->gen, cap * sizeof *p);
+        if (!p)
+            return -1;
+        r->gen = p;
+        r->cap_gen = (uint32_t)cap;
+    }
+    memcpy(r->gen + r->n_generated, ids, n * sizeof *ids);
+    return 0;   /* n_generated grows as the tokens are detokenized */
+}
+
+static int relay_add_ids(relay_t *r, const uint32_t *ids, size_t n)
+{
+    if (n == 0)
+        return 0;   /* a message may carry no token (ids is then NULL) */
+    if (relay_add_gen(r, ids, n) != 0)
+        return -1;
+    if (r->n_ids + n > r->cap_ids) {
+        size_t cap = r->cap_ids ? r->cap_ids * 2 : 64;
+        while (cap < r->n_ids + n)
+            cap *= 2;
+        uint32_t *p = realloc(r->ids, cap * sizeof *p);
+        if (!p)
+            return -1;
+        r->ids = p;
+        r->cap_ids = cap;
+    }
+    memcpy(r->ids + r->n_ids, ids, n * sizeof *ids);
+    r->n_ids += n;
+    return 0;
+}
+
+/* Sends one step to a streaming client: text[0..n) and this step's token ids. A slow client makes
+ * the worker wait here (and so the decode stream, through gRPC flow control) rather than queue
+ * without bound. */
+static duet_status_t send_step(slot_t *s, relay_t *r, size_t n, Duet__V1__FinishReason finish,
+                               Duet__V1__Usage *usage)
+{
+    char save = r->text.p ? r->text.p[n] : '\0';
+    Duet__V1__GenerateResponse m = DUET__V1__GENERATE_RESPONSE__INIT;
+    m.request_id = s->id;
+    if (r->text.p)
+        r->text.p[n] = '\0';
+    m.text = r->text.p ? r->text.p : "";
+    m.n_token_ids = r->n_ids;
+    m.token_ids = r->ids;
+    m.finish_reason = finish;
+    m.usage = usage;
+    duet_status_t status = duet_rpc_stream_write(s->call, &m.base);
+    if (r->text.p)
+        r->text.p[n] = save;
+    buf_consume(&r->text, n);
+    r->n_ids = 0;
+    while (status == DUET_OK && duet_rpc_stream_pending(s->call) > PENDING_MAX_MSGS &&
+           !duet_rpc_stream_cancelled(s->call)) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return status;
+}
+
+/* Releases text[0..n): to the client (Generate) or to the accumulated answer (Complete). */
+static duet_status_t release(slot_t *s, relay_t *r, size_t n, Duet__V1__FinishReason finish,
+                             Duet__V1__Usage *usage)
+{
+    if (!s->unary)
+        return send_step(s, r, n, finish, usage);
+    if (buf_append(&r->all, r->text.p ? r->text.p : "", n) != 0)
+        return DUET_ERR_NOMEM;
+    buf_consume(&r->text, n);
+    return DUET_OK;
+}
+
+/* Opens the decode stream and relays it until the end. Returns the call's final status; err
+ * holds a message for a failure; *produced_p says whether any token arrived. */
+static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *rr, uint32_t attempt,
+                           relay_t *r, Duet__V1__FinishReason *finish_p, Duet__V1__Usage *usage,
+                           int *produced_p, char *err, size_t err_cap)
+{
+    const Duet__V1__GenerateRequest *req = s->req;
+    Duet__V1__SamplingParams sampling = DUET__V1__SAMPLING_PARAMS__INIT;
+    Duet__V1__StopParams stop = DUET__V1__STOP_PARAMS__INIT;
+    if (req->sampling)
+        sampling = *req->sampling;
+    if (req->stop) {
+        stop.ignore_eos = req->stop->ignore_eos;
+        stop.n_stop_token_ids = req->stop->n_stop_token_ids;
+        stop.stop_token_ids = req->stop->stop_token_ids;
+    }
+    /* Stop strings are ours: decode never sees text. max_tokens stays the request's budget on a
+     * retry too: decode counts the re-sent generated tokens against it. */
+    stop.max_tokens = s->max_tokens;
+    Duet__V1__DecodeRequest dr = DUET__V1__DECODE_REQUEST__INIT;
+    dr.request_id = s->id;
+    dr.attempt = attempt;
+    dr.n_generated_token_ids = r->n_generated;
+    dr.generated_token_ids = r->gen;
+    dr.n_prompt_token_ids = (size_t)s->n_prompt;
+    dr.prompt_token_ids = s->prompt;
+    dr.sampling = &sampling;
+    dr.stop = &stop;
+    dr.prefill_instance_id = (char *)str_or_empty(rr->prefill_instance_id);
+    dr.prefill_address = (char *)str_or_empty(rr->prefill_address);
+
+    int64_t left = ms_left(s);
+    duet_rpc_opts_t opts = {.timeout_ms = left == INT64_MAX ? 0 : left > 0 ? left : 1};
+    duet_rpc_client_stream_t *ds = NULL;
+    duet_status_t status = duet_rpc_client_stream_open(gw->client, rr->decode_address, "/duet.v1.Decode/Generate",
+                                                       &dr.base, &duet__v1__decode_response__descriptor, &opts, &ds);
+    if (status != DUET_OK) {
+        snprintf(err, err_cap, "cannot open the decode stream to %s: %s", rr->decode_address, duet_status_str(status));
+        return DUET_ERR_UNAVAILABLE;
+    }
+    /* Publish the stream to the cancel callback, then look once ourselves: whichever of the two
+     * comes second sees the other's write, so a cancel is never lost. */
+    pthread_mutex_lock(&s->mu);
+    s->dstream = ds;
+    pthread_mutex_unlock(&s->mu);
+    if (duet_rpc_stream_cancelled(s->call))
+        duet_rpc_client_stream_cancel(ds);
+
+    Duet__V1__FinishReason finish = DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+    int cut_by_stop = 0;
+    for (;;) {
+        ProtobufCMessage *msg = NULL;
+        status = duet_rpc_client_stream_read(ds, &msg);
+        if (status != DUET_OK) {
+            if (duet_rpc_stream_cancelled(s->call))
+                status = DUET_ERR_CANCELLED;
+            snprintf(err, err_cap, "decode %s: %s", rr->decode_instance_id,
+                     duet_rpc_client_stream_error(ds)[0] ? duet_rpc_client_stream_error(ds) : duet_status_str(status));
+            break;
+        }
+        if (!msg) {   /* ended OK without a last message naming the reason */
+            if (finish == DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED)
+                finish = DUET__V1__FINISH_REASON__FINISH_REASON_STOP;
+            break;
+        }
+        const Duet__V1__DecodeResponse *dm = (const Duet__V1__DecodeResponse *)msg;
+        if (relay_add_ids(r, dm->token_ids, dm->n_token_ids) != 0)
+            status = DUET_ERR_NOMEM;
+        for (size_t i = 0; i < dm->n_token_ids && status == DUET_OK; i++) {
+            char piece[DUET_DETOK_MAX_PIECE];
+            size_t len = duet_detok_push(&r->detok, gw->tok, (int32_t)dm->token_ids[i], 0, piece);
+            r->n_generated++;
+            if (buf_append(&r->text, piece, len) != 0)
+                status = DUET_ERR_NOMEM;
+        }
+        if (dm->n_token_ids) {
+            *produced_p = 1;
+            s->t_last_ns = duet_clock_ns();
+            if (!s->t_first_ns)
+                s->t_first_ns = s->t_last_ns;
+            s->n_out += (uint32_t)dm->n_token_ids;
+        }
+        if (dm->finish_reason != DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED) {
+            finish = dm->finish_reason;
+            if (dm->usage) {
+                usage->completion_tokens = dm->usage->completion_tokens;
+                usage->cached_prompt_tokens = dm->usage->cached_prompt_tokens;
+            }
+        }
+        protobuf_c_message_free_unpacked(msg, NULL);
+        if (status != DUET_OK) {
+            snprintf(err, err_cap, "gateway: out of memory");
+            break;
+        }
+        int matched;
+        size_t safe = stop_scan(req, &r->text, &matched);
+        if (matched) {
+            r->text.len = safe;   /* the stop string and all after it are dropped */
+            if (r->text.p)
+                r->text.p[safe] = '\0';
+            finish = DUET__V1__FINISH_REASON__FINISH_REASON_STOP;
+            cut_by_stop = 1;
+            duet_rpc_client_stream_cancel(ds);   /* decode sees a cancel and ends its record */
+            break;
+        }
+        if (finish != DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED)
+            break;
+        if (!s->unary && safe == 0 && r->n_ids == 0)
+            continue;   /* nothing to say yet */
+        if ((status = release(s, r, safe, DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED, NULL)) != DUET_OK) {
+            snprintf(err, err_cap, "client gone");
+            break;
+        }
+    }
+    pthread_mutex_lock(&s->mu);
+    s->dstream = NULL;
+    pthread_mutex_unlock(&s->mu);
+    duet_rpc_client_stream_close(ds);
+    if (status != DUET_OK)
+        return status;
+    if (!cut_by_stop) {
+        char tail[8];
+        size_t n = duet_detok_flush(&r->detok, tail);
+        if (buf_append(&r->text, tail, n) != 0) {
+            snprintf(err, err_cap, "gateway: out of memory");
+            return DUET_ERR_NOMEM;
+        }
+        int matched;
+        size_t safe = stop_scan(req, &r->text, &matched);
+        if (matched) {
+            r->text.len = safe;
+            r->text.p[safe] = '\0';
+            finish = DUET__V1__FINISH_REASON__FINISH_REASON_STOP;
+            cut_by_stop = 1;
+        }
+    }
+    if (cut_by_stop || attempt > 0 || usage->completion_tokens == 0)
+        usage->completion_tokens = r->n_generated;   /* decode's count misses a cut or a retry */
+    *finish_p = finish;
+    return DUET_OK;
+}
+
+/* Ends the client's call (stream or deferred unary) with status and an optional message. The
+ * slot forgets the call first: once finished it may be freed at any moment, and a late cancel
+ * callback of an earlier request must not look at it. */
+static void finish_call(slot_t *s, duet_status_t status, const char *msg)
+{
+    gw_t *gw = s->gw;
+    duet_metrics_outcome(&gw->outcomes, status);
+    if (status == DUET_OK && s->t_first_ns) {
+        duet_metric_observe(gw->ttft, (s->t_first_ns - s->t_begin_ns) / 1e9);
+        duet_metric_observe(gw->e2e, (duet_clock_ns() - s->t_begin_ns) / 1e9);
+        if (s->n_out > 1)
+            duet_metric_observe(gw->tpot, (s->t_last_ns - s->t_first_ns) / 1e9 / (s->n_out - 1));
+    }
+    duet_rpc_call_t *call = s->call;
+    pthread_mutex_lock(&s->mu);
+    s->call = NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (s->unary)
+        duet_rpc_call_finish(call, status, msg && *msg ? "%s" : NULL, msg);
+    else
+        duet_rpc_stream_finish(call, status, msg && *msg ? "%s" : NULL, msg);
+}
+
+/* The worker: everything after validation, up to finishing the call. A decode instance that
+ * becomes unreachable mid-request is excluded and the request placed again (up to --max-retries
+ * times), with the tokens already streamed re-sent so the new instance continues after them. */
+static void serve(gw_t *gw, slot_t *s)
+{
+    char err[MSG_MAX] = "";
+    Duet__V1__RouteResponse *rr = NULL;
+    relay_t r;
+    memset(&r, 0, sizeof r);
+    duet_detok_init(&r.detok);
+    Duet__V1__Usage usage = DUET__V1__USAGE__INIT;
+    usage.prompt_tokens = (uint32_t)s->n_prompt;
+    Duet__V1__FinishReason finish = DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+    char **exclude = calloc((size_t)gw->conf->max_retries + 1, sizeof *exclude);
+    size_t n_exclude = 0;
+    duet_req_state_t at = DUET_REQ_QUEUED;   /* where the record is, as far as we know */
+
+    duet_status_t status = exclude ? record_create(gw, s, !s->req->request_id || !s->req->request_id[0], err, sizeof err)
+                                   : DUET_ERR_NOMEM;
+    if (status != DUET_OK) {
+        duet_log_warn("gateway: request %s: %s", s->id, status == DUET_ERR_NOMEM ? "out of memory" : err);
+        finish_call(s, status, err);
+        free(exclude);
+        return;
+    }
+    for (uint32_t attempt = 0;; attempt++) {
+        status = route(gw, s, attempt, r.n_generated, exclude, n_exclude, &rr, err, sizeof err);
+        if (status == DUET_OK && duet_rpc_stream_cancelled(s->call)) {
+            status = DUET_ERR_CANCELLED;
+            snprintf(err, sizeof err, "cancelled by the client");
+        }
+        if (status != DUET_OK) {
+            duet_log_warn("gateway: request %s: not routed: %s", s->id, err);
+            record_end(gw, s->id, at, status == DUET_ERR_CANCELLED ? DUET_REQ_CANCELLED : DUET_REQ_FAILED, err);
+            goto out;
+        }
+        duet_state_req_update_t up = DUET_STATE_REQ_UPDATE_INIT;
+        up.decode_inst = rr->decode_instance_id;
+        /* Local prefill (mixed instance, or no prefill instance up): the decode instance prefills. */
+        up.prefill_inst = rr->prefill_instance_id && rr->prefill_instance_id[0] ? rr->prefill_instance_id
+                                                                                : rr->decode_instance_id;
+        duet_req_state_t found = DUET_REQ_NONE;
+        status = record_follow(gw, s->id, at, DUET_REQ_ROUTED, &up, &found);
+        if (status != DUET_OK) {
+            /* On a retry a refusal means the record has ended meanwhile (the decode side failed
+             * it): the request is over, with the error that made us retry. */
+            if (attempt == 0 || found == DUET_REQ_NONE || !duet_state_req_state_is_terminal(found))
+                snprintf(err, sizeof err, "gateway: cannot record the placement: %s", duet_status_str(status));
+            duet_log_warn("gateway: request %s: %s", s->id, err);
+            record_end(gw, s->id, at, DUET_REQ_FAILED, err);
+            status = DUET_ERR_UNAVAILABLE;
+            goto out;
+        }
+        at = DUET_REQ_ROUTED;
+        duet_log_debug("gateway: request %s: attempt %u, %d prompt + %u generated tokens -> decode %s, prefill %s",
+                       s->id, attempt, s->n_prompt, r.n_generated, rr->decode_instance_id,
+                       rr->prefill_instance_id[0] ? rr->prefill_instance_id : "(local)");
+        int produced = 0;
+        status = relay(gw, s, rr, attempt, &r, &finish, &usage, &produced, err, sizeof err);
+        if (status == DUET_OK)
+            break;
+        if (status == DUET_ERR_CANCELLED) {
+            duet_log_info("gateway: request %s: cancelled (client gone, deadline passed or shutting down)", s->id);
+            if (!produced)   /* else decode has seen the cancel and ends the record itself */
+                record_end(gw, s->id, at, DUET_REQ_CANCELLED, "cancelled by the client");
+            goto out;
+        }
+        if (status == DUET_ERR_UNAVAILABLE && (int)attempt < gw->conf->max_retries &&
+            r.n_generated < s->max_tokens && !duet_rpc_stream_cancelled(s->call)) {
+            duet_log_warn("gateway: request %s: %s; placing it again (%u tokens so far)", s->id, err, r.n_generated);
+            exclude[n_exclude++] = strdup(rr->decode_instance_id);
+            if (!exclude[n_exclude - 1])
+                n_exclude--;
+            protobuf_c_message_free_unpacked(&rr->base, NULL);
+            rr = NULL;
+            at = DUET_REQ_DECODING;   /* a guess: record_follow moves it from wherever it is */
+            continue;
+        }
+        /* A dead decode instance cannot end its record: do it here (refused if it already did). */
+        duet_log_warn("gateway: request %s: %s", s->id, err);
+        record_end(gw, s->id, at, DUET_REQ_FAILED, err);
+        goto out;
+    }
+    if (s->unary) {
+        if ((status = release(s, &r, r.text.len, finish, &usage)) != DUET_OK)
+            goto out;
+        Duet__V1__CompleteResponse cr = DUET__V1__COMPLETE_RESPONSE__INIT;
+        cr.request_id = s->id;
+        cr.text = r.all.p ? r.all.p : "";
+        cr.n_token_ids = r.n_ids;
+        cr.token_ids = r.ids;
+        cr.finish_reason = finish;
+        cr.usage = &usage;
+        status = duet_rpc_call_reply(s->call, &cr.base);
+    } else {
+        status = send_step(s, &r, r.text.len, finish, &usage);
+    }
+    err[0] = '\0';
+out:
+    finish_call(s, status, err);
+    if (rr)
+        protobuf_c_message_free_unpacked(&rr->base, NULL);
+    for (size_t i = 0; i < n_exclude; i++)
+        free(exclude[i]);
+    free(exclude);
+    free(r.text.p);
+    free(r.all.p);
+    free(r.ids);
+    free(r.gen);
+}
+
+static void *worker_main(void *arg)
+{
+    slot_t *s = arg;
+    gw_t *gw = s->gw;
+    serve(gw, s);   /* finishes the call */
+    free(s->prompt);
+    s->prompt = NULL;
+    s->req = NULL;
+    pthread_mutex_lock(&gw->mu);
+    s->busy = 0;
+    gw->active--;
+    pthread_cond_broadcast(&gw->idle);
+    pthread_mutex_unlock(&gw->mu);
+    return NULL;
+}
+
+/* Runs on a completion-queue thread. A callback for an earlier request of this slot finds the
+ * current call not cancelled (or no call) and does nothing. */
+static void on_client_cancel(void *arg)
+{
+    slot_t *s = arg;
+    pthread_mutex_lock(&s->mu);
+    if (s->call && duet_rpc_stream_cancelled(s->call) && s->dstream)
+        duet_rpc_client_stream_cancel(s->dstream);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- validation and tokenization ------------------------------------------------------------ */
+
+static int valid_request_id(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > REQ_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)id[i]) && !strchr("._:-", id[i]))
+            return 0;
+    return 1;
+}
+
+static void make_request_id(char *id, size_t cap)
+{
+    unsigned char rnd[12];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+        /* No entropy (very early boot): the clock, the pid and a stack address still differ. */
+        uint64_t v = (uint64_t)duet_clock_ns() ^ (uint64_t)(uintptr_t)id;
+        uint32_t pid = (uint32_t)getpid();
+        memcpy(rnd, &v, sizeof v);
+        memcpy(rnd + 8, &pid, sizeof pid);
+    }
+    int o = snprintf(id, cap, "req-");
+    for (size_t i = 0; i < sizeof rnd && (size_t)o + 2 < cap; i++)
+        o += snprintf(id + o, cap - (size_t)o, "%02x", rnd[i]);
+}
+
+static int model_matches(const gw_t *gw, const char *model)
+{
+    if (!model[0] || strcmp(model, gw->model_id) == 0 || strcmp(model, gw->model_file) == 0)
+        return 1;
+    size_t n = strlen(gw->model_file);
+    return n > 5 && strncmp(model, gw->model_file, n - 5) == 0 && model[n - 5] == '\0' &&
+           strcmp(gw->model_file + n - 5, ".gguf") == 0;
+}
+
+static duet_status_t check_roles(Duet__V1__ChatMessage *const *msgs, size_t n, char *err, size_t cap)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *role = msgs[i] ? str_or_empty(msgs[i]->role) : "";
+        if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant")) {
+            snprintf(err, cap, "messages[%zu].role: unknown role \"%.40s\" (system, user or assistant)", i, role);
+            return DUET_ERR_INVALID;
+        }
+    }
+    return DUET_OK;
+}
+
+/* Renders chat messages with the model's template into *text_p (malloc'd). */
+static duet_status_t render_messages(const gw_t *gw, Duet__V1__ChatMessage *const *msgs, size_t n,
+                                     char **text_p, char *err, size_t cap)
+{
+    if (check_roles(msgs, n, err, cap) != DUET_OK)
+        return DUET_ERR_INVALID;
+    if (gw->chat.style == DUET_CHAT_NONE) {
+        snprintf(err, cap, "messages: the model has no chat template the gateway can render; send prompt instead");
+        return DUET_ERR_INVALID;
+    }
+    duet_chat_msg_t *cm = malloc(n * sizeof *cm);
+    if (!cm)
+        return DUET_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        cm[i] = (duet_chat_msg_t){str_or_empty(msgs[i]->role), str_or_empty(msgs[i]->content)};
+    duet_status_t status = duet_chat_render(&gw->chat, cm, (int)n, 1, text_p);
+    free(cm);
+    if (status != DUET_OK)
+        snprintf(err, cap, "messages: cannot render the chat: %s", duet_status_str(status));
+    return status == DUET_OK ? DUET_OK : DUET_ERR_INVALID;
+}
+
+/* Checks a Generate/Complete request and tokenizes its prompt into the slot-to-be. On failure
+ * returns INVALID (or NOMEM) with the field named first in err. */
+static duet_status_t prepare(gw_t *gw, const Duet__V1__GenerateRequest *req, slot_t *out, char *err, size_t cap)
+{
+    const char *rid = str_or_empty(req->request_id);
+    if (rid[0] && !valid_request_id(rid)) {
+        snprintf(err, cap, "request_id: at most %d characters of A-Z a-z 0-9 . _ : -", REQ_ID_MAX);
+        return DUET_ERR_INVALID;
+    }
+    if (!model_matches(gw, str_or_empty(req->model))) {
+        snprintf(err, cap, "model: \"%.64s\" is not served here (this gateway serves \"%s\")", str_or_empty(req->model), gw->model_id);
+        return DUET_ERR_INVALID;
+    }
+    const char *prompt = str_or_empty(req->prompt);
+    int forms = (prompt[0] != '\0') + (req->n_messages > 0) + (req->n_prompt_token_ids > 0);
+    if (forms == 0) {
+        snprintf(err, cap, "prompt: empty; set one of prompt, messages or prompt_token_ids");
+        return DUET_ERR_INVALID;
+    }
+    if (forms > 1) {
+        snprintf(err, cap, "prompt: set only one of prompt, messages and prompt_token_ids");
+        return DUET_ERR_INVALID;
+    }
+    const Duet__V1__SamplingParams *sp = req->sampling;
+    if (sp) {
+        if (!(sp->temperature >= 0.0f) || isinf(sp->temperature)) {
+            snprintf(err, cap, "temperature: must be a finite number >= 0 (0: greedy)");
+            return DUET_ERR_INVALID;
+        }
+        if (sp->top_p != 0.0f && !(sp->top_p > 0.0f && sp->top_p <= 1.0f)) {
+            snprintf(err, cap, "top_p: must be in (0, 1] (0: off)");
+            return DUET_ERR_INVALID;
+        }
+        if (sp->top_k < 0) {
+            snprintf(err, cap, "top_k: must be >= 0 (0: off)");
+            return DUET_ERR_INVALID;
+        }
+        if (!(sp->min_p >= 0.0f && sp->min_p <= 1.0f)) {
+            snprintf(err, cap, "min_p: must be in [0, 1] (0: off)");
+            return DUET_ERR_INVALID;
+        }
+        if (!(sp->repetition_penalty >= 0.0f) || isinf(sp->repetition_penalty)) {
+            snprintf(err, cap, "repetition_penalty: must be a finite number >= 0 (0 or 1: off)");
+            return DUET_ERR_INVALID;
+        }
+    }
+    const Duet__V1__StopParams *stp = req->stop;
+    if (stp) {
+        if (stp->n_stop > STOP_MAX) {
+            snprintf(err, cap, "stop: at most %d stop strings", STOP_MAX);
+            return DUET_ERR_INVALID;
+        }
+        for (size_t i = 0; i < stp->n_stop; i++) {
+            size_t len = strlen(str_or_empty(stp->stop[i]));
+            if (len == 0 || len > STOP_LEN_MAX) {
+                snprintf(err, cap, "stop[%zu]: must be 1 to %d bytes", i, STOP_LEN_MAX);
+                return DUET_ERR_INVALID;
+            }
+        }
+        for (size_t i = 0; i < stp->n_stop_token_ids; i++) {
+            if (stp->stop_token_ids[i] >= (uint32_t)gw->n_vocab) {
+                snprintf(err, cap, "stop_token_ids[%zu]: %u is not below the vocabulary size %d", i,
+                         stp->stop_token_ids[i], gw->n_vocab);
+                return DUET_ERR_INVALID;
+            }
+        }
+    }
+
+    /* The prompt, as tokens: at most ctx - 1 of them, so that one token can still be generated. */
+    int32_t *tokens = malloc((size_t)gw->ctx * sizeof *tokens);
+    if (!tokens)
+        return DUET_ERR_NOMEM;
+    int n = 0;
+    duet_status_t status = DUET_OK;
+    const char *field = "prompt";
+    if (req->n_prompt_token_ids) {
+        field = "prompt_token_ids";
+        if (req->n_prompt_token_ids >= (size_t)gw->ctx) {
+            snprintf(err, cap, "prompt_token_ids: %zu tokens do not fit the context of %d (at most %d)",
+                     req->n_prompt_token_ids, gw->ctx, gw->ctx - 1);
+            free(tokens);
+            return DUET_ERR_INVALID;
+        }
+        n = (int)req->n_prompt_token_ids;
+        for (int i = 0; i < n; i++) {
+            if (req->prompt_token_ids[i] >= (uint32_t)gw->n_vocab) {
+                snprintf(err, cap, "prompt_token_ids[%d]: %u is not below the vocabulary size %d", i,
+                         req->prompt_token_ids[i], gw->n_vocab);
+                free(tokens);
+                return DUET_ERR_INVALID;
+            }
+            tokens[i] = (int32_t)req->prompt_token_ids[i];
+        }
+    } else if (req->n_messages) {
+        field = "messages";
+        char *text = NULL;
+        if ((status = render_messages(gw, req->messages, req->n_messages, &text, err, cap)) != DUET_OK) {
+            free(tokens);
+            return status;
+        }
+        /* A Llama-3 rendering starts with <|begin_of_text|> already: no second BOS. */
+        int add_bos = gw->chat.style != DUET_CHAT_LLAMA3;
+        status = duet_tokenizer_encode(gw->tok, text, strlen(text), add_bos, 1, tokens, gw->ctx, &n);
+        free(text);
+    } else {
+        status = duet_tokenizer_encode(gw->tok, prompt, strlen(prompt), 1, 0, tokens, gw->ctx, &n);
+    }
+    if (status != DUET_OK && status != DUET_ERR_EXHAUSTED) {
+        snprintf(err, cap, "%s: cannot be tokenized: %s", field, duet_status_str(status));
+        free(tokens);
+        return DUET_ERR_INVALID;
+    }
+    if (status == DUET_ERR_EXHAUSTED || n >= gw->ctx) {
+        snprintf(err, cap, "%s: %d tokens do not fit the context of %d (at most %d)", field, n, gw->ctx, gw->ctx - 1);
+        free(tokens);
+        return DUET_ERR_INVALID;
+    }
+    if (n == 0) {
+        snprintf(err, cap, "%s: empty after tokenization", field);
+        free(tokens);
+        return DUET_ERR_INVALID;
+    }
+    uint32_t room = (uint32_t)(gw->ctx - n);
+    uint32_t max_tokens = stp ? stp->max_tokens : 0;
+    if (max_tokens > room) {
+        snprintf(err, cap, "max_tokens: %u exceeds the %u tokens left in the context (%d - %d prompt tokens)",
+                 max_tokens, room, gw->ctx, n);
+        free(tokens);
+        return DUET_ERR_INVALID;
+    }
+    /* int32 → uint32 in place: the same bits for ids below the vocabulary size. */
+    out->prompt = (uint32_t *)tokens;
+    out->n_prompt = n;
+    out->max_tokens = max_tokens ? max_tokens : room;
+    if (rid[0])
+        snprintf(out->id, sizeof out->id, "%s", rid);
+    else
+        make_request_id(out->id, sizeof out->id);
+    return DUET_OK;
+}
+
+/* ---- handlers ------------------------------------------------------------------------------- */
+
+/* Takes a free slot (joining the thread that last used it, which has finished or is just
+ * returning); NULL when --max-streams are busy. */
+static slot_t *slot_acquire(gw_t *gw)
+{
+    slot_t *s = NULL;
+    pthread_mutex_lock(&gw->mu);
+    for (int i = 0; i < gw->conf->max_streams && !s; i++)
+        if (!gw->slots[i].busy)
+            s = &gw->slots[i];
+    if (s) {
+        s->busy = 1;
+        gw->active++;
+    }
+    pthread_mutex_unlock(&gw->mu);
+    if (s && s->joinable) {
+        pthread_join(s->thread, NULL);
+        s->joinable = 0;
+    }
+    return s;
+}
+
+static void slot_release(gw_t *gw, slot_t *s)
+{
+    free(s->prompt);
+    s->prompt = NULL;
+    pthread_mutex_lock(&s->mu);
+    s->call = NULL;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&gw->mu);
+    s->busy = 0;
+    gw->active--;
+    pthread_cond_broadcast(&gw->idle);
+    pthread_mutex_unlock(&gw->mu);
+}
+
+/* Validates and starts a Generate (unary = 0) or Complete (unary = 1). On failure returns the
+ * status with the message set on the call; DUET_OK means a worker now owns the call. */
+static duet_status_t begin(gw_t *gw, duet_rpc_call_t *call, const Duet__V1__GenerateRequest *req, int unary)
+{
+    duet_status_t status = authenticate(gw, call);
+    if (status != DUET_OK)
+        return status;
+    slot_t tmp;
+    char err[MSG_MAX];
+    memset(&tmp, 0, sizeof tmp);
+    if ((status = prepare(gw, req, &tmp, err, sizeof err)) != DUET_OK) {
+        duet_rpc_call_set_error(call, "%s", status == DUET_ERR_NOMEM ? "gateway: out of memory" : err);
+        return status;
+    }
+    slot_t *s = slot_acquire(gw);
+    if (!s) {
+        free(tmp.prompt);
+        duet_log_warn("gateway: request %s: refused, %d streams already active", tmp.id, gw->conf->max_streams);
+        duet_rpc_call_set_error(call, "gateway: %d streams already active", gw->conf->max_streams);
+        return DUET_ERR_EXHAUSTED;
+    }
+    s->unary = unary;
+    s->req = req;
+    s->t_begin_ns = duet_clock_ns();
+    s->t_first_ns = s->t_last_ns = 0;
+    s->n_out = 0;
+    memcpy(s->id, tmp.id, sizeof s->id);
+    s->prompt = tmp.prompt;
+    s->n_prompt = tmp.n_prompt;
+    s->max_tokens = tmp.max_tokens;
+    int64_t left = duet_rpc_call_remaining_ms(call);
+    s->deadline_ms = left == INT64_MAX ? INT64_MAX : mono_ms() + left;
+    pthread_mutex_lock(&s->mu);
+    s->call = call;
+    pthread_mutex_unlock(&s->mu);
+    if (unary)
+        duet_rpc_call_defer(call);
+    duet_rpc_stream_on_cancel(call, on_client_cancel, s);
+    /* Created under gw->mu, which the worker takes to release the slot: whoever acquires the
+     * slot next sees thread and joinable as written here. */
+    pthread_mutex_lock(&gw->mu);
+    int failed = pthread_create(&s->thread, NULL, worker_main, s) != 0;
+    s->joinable = !failed;
+    pthread_mutex_unlock(&gw->mu);
+    if (failed) {
+        duet_log_error("gateway: request %s: cannot start a worker thread", s->id);
+        slot_release(gw, s);
+        if (!unary)
+            duet_rpc_call_set_error(call, "gateway: cannot start a worker thread");
+        else
+            duet_rpc_call_finish(call, DUET_ERR_EXHAUSTED, "gateway: cannot start a worker thread");
+        return DUET_ERR_EXHAUSTED;
+    }
+    return DUET_OK;
+}
+
+static void on_generate(duet_rpc_stream_t *stream, const ProtobufCMessage *request, void *arg)
+{
+    gw_t *gw = arg;
+    duet_status_t status = begin(gw, stream, (const Duet__V1__GenerateRequest *)request, 0);
+    if (status != DUET_OK) {
+        duet_metrics_outcome(&gw->outcomes, status);
+        duet_rpc_stream_finish(stream, status, NULL);
+    }
+}
+
+static duet_status_t on_complete(duet_rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    duet_status_t status = begin(arg, call, (const Duet__V1__GenerateRequest *)request, 1);
+    if (status != DUET_OK)
+        duet_metrics_outcome(&((gw_t *)arg)->outcomes, status);
+    return status;
+}
+
+static duet_status_t on_tokenize(duet_rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    gw_t *gw = arg;
+    const Duet__V1__TokenizeRequest *req = (const Duet__V1__TokenizeRequest *)request;
+    duet_status_t status = authenticate(gw, call);
+    if (status != DUET_OK)
+        return status;
+    const char *text = str_or_empty(req->text);
+    char err[MSG_MAX];
+    char *rendered = NULL;
+    int add_bos = req->add_special_tokens, parse_special = 0;
+    if (text[0] && req->n_messages) {
+        duet_rpc_call_set_error(call, "text: set only one of text and messages");
+        return DUET_ERR_INVALID;
+    }
+    if (req->n_messages) {
+        if ((status = render_messages(gw, req->messages, req->n_messages, &rendered, err, sizeof err)) != DUET_OK) {
+            duet_rpc_call_set_error(call, "%s", err);
+            return status;
+        }
+        text = rendered;
+        parse_special = 1;   /* as Generate tokenizes a chat */
+        add_bos = add_bos && gw->chat.style != DUET_CHAT_LLAMA3;
+    }
+    size_t len = strlen(text);
+    int cap = 1024, n = 0;
+    int32_t *tokens = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        free(tokens);
+        tokens = malloc((size_t)cap * sizeof *tokens);
+        if (!tokens) {
+            status = DUET_ERR_NOMEM;
+            break;
+        }
+        status = duet_tokenizer_encode(gw->tok, text, len, add_bos, parse_special, tokens, cap, &n);
+        if (status != DUET_ERR_EXHAUSTED)
+            break;
+        cap = n;
+    }
+    free(rendered);
+    if (status != DUET_OK) {
+        free(tokens);
+        duet_rpc_call_set_error(call, "text: cannot be tokenized: %s", duet_status_str(status));
+        return status == DUET_ERR_NOMEM ? DUET_ERR_NOMEM : DUET_ERR_INVALID;
+    }
+    Duet__V1__TokenizeResponse resp = DUET__V1__TOKENIZE_RESPONSE__INIT;
+    char **pieces = calloc((size_t)n + 1, sizeof *pieces);
+    status = pieces ? DUET_OK : DUET_ERR_NOMEM;
+    for (int i = 0; i < n && status == DUET_OK; i++) {
+        char bytes[DUET_DETOK_MAX_PIECE];
+        int b = duet_tokenizer_token_bytes(gw->tok, tokens[i], bytes, sizeof bytes);
+        if (b < 0)
+            b = 0;
+        if ((size_t)b > sizeof bytes)
+            b = (int)sizeof bytes;
+        if (!(pieces[i] = escape_piece(bytes, (size_t)b)))
+            status = DUET_ERR_NOMEM;
+    }
+    if (status == DUET_OK) {
+        resp.n_token_ids = (size_t)n;
+        resp.token_ids = (uint32_t *)tokens;
+        resp.n_pieces = (size_t)n;
+        resp.pieces = pieces;
+        status = duet_rpc_call_reply(call, &resp.base);
+    }
+    for (int i = 0; pieces && i < n; i++)
+        free(pieces[i]);
+    free(pieces);
+    free(tokens);
+    return status;
+}
+
+static duet_status_t on_model_info(duet_rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    gw_t *gw = arg;
+    (void)request;   /* ModelInfoRequest has no fields */
+    duet_status_t status = authenticate(gw, call);
+    if (status != DUET_OK)
+        return status;
+    Duet__V1__ModelInfoResponse resp = DUET__V1__MODEL_INFO_RESPONSE__INIT;
+    resp.model_id = gw->model_id;
+    resp.architecture = gw->arch;
+    resp.vocab_size = (uint32_t)gw->n_vocab;
+    resp.context_length = (uint32_t)gw->ctx;
+    resp.n_eos_token_ids = (size_t)gw->n_eos;
+    resp.eos_token_ids = gw->eos_ids;
+    int32_t bos = duet_tokenizer_bos(gw->tok);
+    resp.bos_token_id = bos < 0 ? 0 : (uint32_t)bos;
+    resp.has_chat_template = gw->chat.style != DUET_CHAT_NONE;
+    return duet_rpc_call_reply(call, &resp.base);
+}
+
+/* ---- service definition --------------------------------------------------------------------- */
+
+/* --model, else $DUET_MODEL (the option's variable), else the cached default: the rule of
+ * tools/duet.c duet_default_model_path. */
+static void model_path(const gw_conf_t *c, char *buf, size_t cap)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (c->model && c->model[0])
+        snprintf(buf, cap, "%s", c->model);
+    else if (xdg && *xdg)
+        snprintf(buf, cap, "%s/duet/models/%s", xdg, DEFAULT_MODEL_FILE);
+    else
+        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DEFAULT_MODEL_FILE);
+}
+
+static duet_status_t parse_keys(gw_t *gw, const char *list)
+{
+    if (!list || !list[0])
+        return DUET_OK;
+    gw->keys_buf = strdup(list);
+    size_t n_max = 1;
+    for (const char *p = list; *p; p++)
+        n_max += *p == ',';
+    gw->keys = calloc(n_max, sizeof *gw->keys);
+    gw->key_lens = calloc(n_max, sizeof *gw->key_lens);
+    if (!gw->keys_buf || !gw->keys || !gw->key_lens)
+        return DUET_ERR_NOMEM;
+    char *save = NULL;
+    for (char *k = strtok_r(gw->keys_buf, ",", &save); k; k = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*k))
+            k++;
+        size_t len = strlen(k);
+        while (len && isspace((unsigned char)k[len - 1]))
+            k[--len] = '\0';
+        if (len) {
+            gw->keys[gw->n_keys] = k;
+            gw->key_lens[gw->n_keys++] = len;
+        }
+    }
+    return DUET_OK;
+}
+
+/* The vocabulary, chat template and context length; the weights stay untouched on disk. */
+static duet_status_t load_model(gw_t *gw, const gw_conf_t *c)
+{
+    char path[4096], err[512] = "";
+    model_path(c, path, sizeof path);
+    duet_status_t status = duet_gguf_open(path, &gw->gguf, err, sizeof err);
+    if (status != DUET_OK) {
+        duet_log_error("gateway: %s: %s", path, err[0] ? err : duet_status_str(status));
+        return status;
+    }
+    if ((status = duet_tokenizer_create(gw->gguf, &gw->tok, err, sizeof err)) != DUET_OK) {
+        duet_log_error("gateway: %s: tokenizer: %s", path, err[0] ? err : duet_status_str(status));
+        return status;
+    }
+    if ((status = duet_chat_template_init(&gw->chat, gw->gguf)) != DUET_OK) {
+        duet_log_error("gateway: %s: chat template: %s", path, duet_status_str(status));
+        return status;
+    }
+    duet_gguf_str_t s;
+    const char *base = strrchr(path, '/');
+    snprintf(gw->model_file, sizeof gw->model_file, "%.127s", base ? base + 1 : path);
+    if (duet_gguf_get_str(gw->gguf, "general.architecture", &s) == DUET_OK)
+        snprintf(gw->arch, sizeof gw->arch, "%.*s", (int)(s.len < 63 ? s.len : 63), s.ptr);
+    if (duet_gguf_get_str(gw->gguf, "general.name", &s) == DUET_OK && s.len > 0)
+        snprintf(gw->model_id, sizeof gw->model_id, "%.*s", (int)(s.len < 127 ? s.len : 127), s.ptr);
+    else
+        snprintf(gw->model_id, sizeof gw->model_id, "%s", gw->model_file);
+    char key[128];
+    uint32_t model_ctx = 0;
+    snprintf(key, sizeof key, "%s.context_length", gw->arch);
+    if (duet_gguf_get_u32(gw->gguf, key, &model_ctx) != DUET_OK || model_ctx == 0 || model_ctx > INT32_MAX / 2) {
+        duet_log_warn("gateway: %s: no %s; assuming the configured --ctx", path, key);
+        model_ctx = c->ctx > 0 ? (uint32_t)c->ctx : 2048;
+    }
+    gw->ctx = c->ctx > 0 && (uint32_t)c->ctx < model_ctx ? c->ctx : (int)model_ctx;
+    gw->n_vocab = duet_tokenizer_n_vocab(gw->tok);
+    for (int pass = 0; pass < 2; pass++) {
+        int n = 0;
+        for (int32_t id = 0; id < gw->n_vocab; id++) {
+            if (duet_tokenizer_is_end(gw->tok, id)) {
+                if (pass)
+                    gw->eos_ids[n] = (uint32_t)id;
+                n++;
+            }
+        }
+        if (!pass && !(gw->eos_ids = calloc((size_t)n + 1, sizeof *gw->eos_ids)))
+            return DUET_ERR_NOMEM;
+        gw->n_eos = n;
+    }
+    duet_log_info("gateway: model %s (%s, vocabulary %d, context %d of %u, chat template: %s)", gw->model_id,
+                  gw->arch, gw->n_vocab, gw->ctx, model_ctx, gw->chat.style == DUET_CHAT_NONE ? "none" : "yes");
+    return DUET_OK;
+}
+
+static void gw_stop(void *state);
+
+static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **state_p,
+                              const duet_rpc_method_t **methods_p, int *n_methods_p)
+{
+    const gw_conf_t *c = conf;
+    if (c->ctx < 0 || c->route_timeout_ms < 1 || c->max_streams < 1 || c->max_streams > 65536 ||
+        c->redis_timeout_ms < 1 || c->max_retries < 0 || c->max_retries > 16) {
+        duet_log_error("gateway: --ctx must be >= 0, --max-streams in 1..65536, --max-retries in 0..16, "
+                       "the timeouts at least 1 ms");
+        return DUET_ERR_INVALID;
+    }
+    gw_t *gw = calloc(1, sizeof *gw);
+    if (!gw)
+        return DUET_ERR_NOMEM;
+    gw->conf = c;
+    duet_metrics_t *m = duet_service_metrics(svc);
+    gw->ttft = duet_metrics_histogram(m, "duet_time_to_first_token_seconds",
+                                      "Time from accepting a request to its first token.",
+                                      duet_metrics_latency_buckets, duet_metrics_n_latency_buckets);
+    gw->tpot = duet_metrics_histogram(m, "duet_time_per_output_token_seconds",
+                                      "(last token - first token) / (output tokens - 1), per request.",
+                                      duet_metrics_latency_buckets, duet_metrics_n_latency_buckets);
+    gw->e2e = duet_metrics_histogram(m, "duet_e2e_request_latency_seconds",
+                                     "Time from accepting a request to its end.",
+                                     duet_metrics_latency_buckets, duet_metrics_n_latency_buckets);
+    duet_metrics_outcomes_init(&gw->outcomes, m);
+    pthread_mutex_init(&gw->store_mu, NULL);
+    pthread_mutex_init(&gw->mu, NULL);
+    pthread_cond_init(&gw->idle, NULL);
+    duet_status_t status = DUET_ERR_NOMEM;
+    gw->slots = calloc((size_t)c->max_streams, sizeof *gw->slots);
+    if (!gw->slots)
+        goto err;
+    for (int i = 0; i < c->max_streams; i++) {
+        gw->slots[i].gw = gw;
+        pthread_mutex_init(&gw->slots[i].mu, NULL);
+    }
+    if ((status = parse_keys(gw, c->api_keys)) != DUET_OK)
+        goto err;
+    if ((status = load_model(gw, c)) != DUET_OK)
+        goto err;
+    if ((status = duet_rpc_client_create(&gw->client)) != DUET_OK)
+        goto err;
+    /* Redis may come later: a failure here is retried on the first request. */
+    if (duet_state_connect(c->common.redis, c->redis_timeout_ms, &gw->store) != DUET_OK) {
+        gw->store = NULL;
+        duet_log_warn("gateway: Redis at %s is unavailable for now", c->common.redis);
+    }
+    gw->methods[0] = (duet_rpc_method_t){"/duet.v1.Gateway/Generate", DUET_RPC_SERVER_STREAM,
+                                         &duet__v1__generate_request__descriptor, NULL, on_generate, gw};
+    gw->methods[1] = (duet_rpc_method_t){"/duet.v1.Gateway/Complete", DUET_RPC_UNARY,
+                                         &duet__v1__generate_request__descriptor, on_complete, NULL, gw};
+    gw->methods[2] = (duet_rpc_method_t){"/duet.v1.Gateway/Tokenize", DUET_RPC_UNARY,
+                                         &duet__v1__tokenize_request__descriptor, on_tokenize, NULL, gw};
+    gw->methods[3] = (duet_rpc_method_t){"/duet.v1.Gateway/ModelInfo", DUET_RPC_UNARY,
+                                         &duet__v1__model_info_request__descriptor, on_model_info, NULL, gw};
+    if (gw->n_keys == 0)
+        duet_log_info("gateway: no API keys configured: every client is accepted");
+    *state_p = gw;
+    *methods_p = gw->methods;
+    *n_methods_p = 4;
+    return DUET_OK;
+err:
+    gw_stop(gw);
+    return status;
+}
+
+static void gw_describe(void *state, duet_state_inst_t *info)
+{
+    gw_t *gw = state;
+    snprintf(info->model, sizeof info->model, "%s", gw->model_id);
+}
+
+static void gw_load(void *state, duet_state_load_t *load)
+{
+    gw_t *gw = state;
+    pthread_mutex_lock(&gw->mu);
+    load->running_seqs = gw->active;
+    pthread_mutex_unlock(&gw->mu);
+}
+
+/* Runs after the server has stopped: every call is finished, so the workers are returning. */
+static void gw_stop(void *state)
+{
+    gw_t *gw = state;
+    if (!gw)
+        return;
+    pthread_mutex_lock(&gw->mu);
+    while (gw->active > 0)
+        pthread_cond_wait(&gw->idle, &gw->mu);
+    pthread_mutex_unlock(&gw->mu);
+    for (int i = 0; gw->slots && i < gw->conf->max_streams; i++) {
+        if (gw->slots[i].joinable)
+            pthread_join(gw->slots[i].thread, NULL);
+        pthread_mutex_destroy(&gw->slots[i].mu);
+    }
+    free(gw->slots);
+    duet_state_close(gw->store);
+    duet_rpc_client_destroy(gw->client);
+    free(gw->eos_ids);
+    duet_chat_template_cleanup(&gw->chat);
+    duet_tokenizer_destroy(gw->tok);
+    duet_gguf_close(gw->gguf);
+    free(gw->keys);
+    free(gw->key_lens);
+    free(gw->keys_buf);
+    pthread_cond_destroy(&gw->idle);
+    pthread_mutex_destroy(&gw->mu);
+    pthread_mutex_destroy(&gw->store_mu);
+    free(gw);
+}
+
+const duet_service_def_t duet_gateway_service = {
+    .name = "gateway",
+    .summary = "The public gRPC face of duet: validates, tokenizes, routes and relays generation.",
+    .opts = gw_opts,
+    .n_opts = (int)(sizeof gw_opts / sizeof gw_opts[0]),
+    .conf_size = sizeof(gw_conf_t),
+    .start = gw_start,
+    .describe = gw_describe,
+    .load = gw_load,
+    .stop = gw_stop,
+};

@@ -1,0 +1,976 @@
+/* services/prefill/prefill.c — the prefill service: batches prompts under a token budget (the
+ * engine chunks long ones), computes their KV, samples each first token, puts the prompt's KV
+ * into the decode instance's blocks over UCX, and answers Prefill once the puts are flushed.
+ *
+ * Threads. gRPC completion-queue threads run the Prefill handler: it validates, copies the
+ * request, defers the call and queues it. ONE engine thread owns the engine, the kvx with its
+ * pool and the peers (one per decode instance, connected on first use and kept), and answers
+ * every call. The on_cancel callback only wakes it; it finds cancelled calls itself.
+ *
+ * A request on the engine thread:
+ *
+ *   queued ─submit (max_tokens 1)─▶ ENGINE ─first token (sink_token): post puts─▶ SENT
+ *      │                               │ error / cancel                           │ after the step:
+ *      ▼                               ▼                                          ▼ one flush per peer
+ *   refused                      answered with the status                 answered OK, or
+ *                                                                         UNAVAILABLE / DEADLINE
+ *
+ * Bytes moved are exactly prompt tokens × KV bytes per token: whole blocks go as one put each,
+ * the last partial block only as its filled rows (one put per layer, K|V and KV head).
+ * This first build sends after the prompt's last chunk; layer-by-layer puts that overlap the
+ * forward pass (DESIGN.md §1) are the next step. */
+#include "prefill.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "cpu/cpu_backend.h"
+#include "duet/v1/prefill.pb-c.h"
+#include "engine.h"
+#include "kvx.h"
+#include "log.h"
+#include "model.h"
+
+#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+#define IDLE_WAIT_MS       1000
+#define PEER_CLOSE_MS      1000   /* flushing a healthy peer when it is dropped */
+#define ID_MAX             64
+
+typedef struct {
+    duet_service_common_t common;   /* first: the runtime's options */
+    const char *model;
+    int threads;
+    int ctx;
+    int max_batch_tokens;
+    int kv_blocks;
+    const char *ucx_err_mode;
+    int flush_timeout_ms;
+} prefill_conf_t;
+
+#define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(prefill_conf_t, field), def, help}
+static const duet_conf_opt_t prefill_opts[] = {
+    OPT("model", "DUET_MODEL", DUET_CONF_STR, model, NULL,
+        "GGUF model file (default: ~/.cache/duet/models/" DEFAULT_MODEL_FILE ")"),
+    OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "1", "compute threads"),
+    OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "longest prompt + 1; at most the model's context"),
+    OPT("max-batch-tokens", "DUET_MAX_BATCH_TOKENS", DUET_CONF_INT, max_batch_tokens, "512",
+        "prompt tokens per step (longer prompts are chunked)"),
+    OPT("kv-blocks", "DUET_KV_BLOCKS", DUET_CONF_INT, kv_blocks, "0",
+        "local KV pool in 16-token blocks (0: four full contexts)"),
+    OPT("ucx-err-mode", "DUET_UCX_ERR_MODE", DUET_CONF_STR, ucx_err_mode, "none",
+        "UCX endpoint error handling: none (one host, shared memory) or peer (across hosts)"),
+    OPT("flush-timeout-ms", "DUET_FLUSH_TIMEOUT_MS", DUET_CONF_INT, flush_timeout_ms, "5000",
+        "longest wait for a decode instance to confirm a request's KV"),
+};
+#undef OPT
+
+/* An endpoint to one decode instance's pool, kept across requests. */
+typedef struct peer {
+    struct peer *next;
+    char decode_id[ID_MAX];
+    uint8_t *addr, *rkey;           /* what it was connected with, to notice a restarted decode */
+    size_t addr_len, rkey_len;
+    uint64_t base;
+    duet_kvx_peer_t *kp;
+    bool failed;                    /* a put or flush failed: dropped after the step */
+    bool touched;                   /* puts posted since the last flush */
+    duet_status_t flush_status;
+} peer_t;
+
+typedef enum { PHASE_QUEUED, PHASE_ENGINE, PHASE_SENT } phase_t;
+
+/* One Prefill call: built by the handler, owned by the engine thread once queued. */
+typedef struct preq {
+    struct prefill *p;
+    struct preq *prev, *next;       /* live list (engine thread) */
+    duet_rpc_call_t *call;
+    char id[ID_MAX];
+    int32_t *tokens;                /* [n_tokens] */
+    int n_tokens;
+    duet_sampling_t sampling;
+    char decode_id[ID_MAX];
+    uint8_t *addr, *rkey;
+    size_t addr_len, rkey_len;
+    uint64_t base;
+    uint32_t *dst;                  /* [n_dst] decode's block ids */
+    int n_dst;
+
+    phase_t phase;
+    duet_engine_seq_t *seq;
+    int32_t *src;                   /* [n_src] our blocks, referenced until the flush */
+    int n_src;
+    peer_t *peer;
+    int32_t first_token;
+    uint64_t kv_bytes;
+    duet_status_t fail;             /* set when sending failed before the flush */
+    bool logged;                    /* that failure is already in the log */
+    int64_t t_arrival, t_submit, t_first;
+} preq_t;
+
+typedef enum { CMD_NEW, CMD_STOP } cmd_kind_t;
+
+typedef struct cmd {
+    struct cmd *next;
+    cmd_kind_t kind;
+    preq_t *req;
+} cmd_t;
+
+typedef struct prefill {
+    const prefill_conf_t *conf;
+    duet_kvx_err_mode_t err_mode;
+    duet_backend_t *be;
+    duet_model_t *model;
+    duet_rpc_method_t methods[1];
+    int n_ctx, n_blocks, n_vocab;
+
+    pthread_mutex_t mu;
+    cmd_t *cmd_head, *cmd_tail;
+    int efd;
+    atomic_int cancel_check;
+    atomic_int stopping;
+    int64_t queued_tokens;          /* in the command queue, under mu */
+    duet_state_load_t load;         /* under mu */
+
+    pthread_t engine_thread;
+    pthread_cond_t init_cv;
+    int init_done;
+    duet_status_t init_status;
+
+    /* Engine thread only. */
+    duet_kvx_t *kvx;
+    duet_kvx_pool_t *pool;
+    duet_engine_t *engine;
+    peer_t *peers;
+    preq_t *live_head, *live_tail;
+    int n_sent;                     /* requests waiting for the flush */
+
+    /* Metrics (registered in start, updated by the engine thread). */
+    duet_metric_t *m_transfer, *m_kv_bytes, *m_queue_tokens, *m_queue;
+    duet_metrics_outcomes_t outcomes;
+} prefill_t;
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+static void wake(prefill_t *p)
+{
+    uint64_t one = 1;
+    ssize_t n = write(p->efd, &one, sizeof one);
+    (void)n;   /* EAGAIN: already signalled */
+}
+
+static void push_cmd(prefill_t *p, cmd_t *c, int64_t tokens)
+{
+    c->next = NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->cmd_tail)
+        p->cmd_tail->next = c;
+    else
+        p->cmd_head = c;
+    p->cmd_tail = c;
+    p->queued_tokens += tokens;
+    pthread_mutex_unlock(&p->mu);
+    wake(p);
+}
+
+static void preq_free(preq_t *r)
+{
+    if (!r)
+        return;
+    free(r->tokens);
+    free(r->addr);
+    free(r->rkey);
+    free(r->dst);
+    free(r->src);
+    free(r);
+}
+
+static void sampling_from_proto(const Duet__V1__SamplingParams *sp, duet_sampling_t *s)
+{
+    duet_sampling_defaults(s);
+    if (!sp)
+        return;
+    s->temperature = sp->temperature;
+    s->top_k = sp->top_k;
+    s->top_p = sp->top_p == 0.0f ? 1.0f : sp->top_p;
+    s->min_p = sp->min_p;
+    s->repeat_penalty = sp->repetition_penalty == 0.0f ? 1.0f : sp->repetition_penalty;
+    s->seed = sp->seed;
+}
+
+/* --model, else $DUET_MODEL (the option's env), else the cached default (tools/duet.c's rule). */
+static const char *model_path(const prefill_conf_t *c, char *buf, size_t cap)
+{
+    if (c->model && *c->model)
+        return c->model;
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(buf, cap, "%s/duet/models/%s", xdg, DEFAULT_MODEL_FILE);
+    else
+        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DEFAULT_MODEL_FILE);
+    return buf;
+}
+
+static void live_link(prefill_t *p, preq_t *r)
+{
+    r->prev = p->live_tail;
+    r->next = NULL;
+    if (p->live_tail)
+        p->live_tail->next = r;
+    else
+        p->live_head = r;
+    p->live_tail = r;
+}
+
+static void live_unlink(prefill_t *p, preq_t *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        p->live_head = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        p->live_tail = r->prev;
+    r->prev = r->next = NULL;
+}
+
+/* Answers the call with an error and frees the request. */
+static void end_error(prefill_t *p, preq_t *r, duet_status_t st, const char *msg)
+{
+    duet_metrics_outcome(&p->outcomes, st);
+    live_unlink(p, r);
+    duet_rpc_call_finish(r->call, st, "%s", msg);
+    preq_free(r);
+}
+
+/* ---- peers (engine thread) ---------------------------------------------------------------- */
+
+static void peer_drop(prefill_t *p, peer_t *e)
+{
+    peer_t **pp = &p->peers;
+    while (*pp && *pp != e)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = e->next;
+    duet_kvx_peer_destroy(e->kp, PEER_CLOSE_MS);
+    free(e->addr);
+    free(e->rkey);
+    free(e);
+}
+
+/* The endpoint to the request's decode pool: the cached one when the decode instance is the
+ * same process (same worker address, rkey and base), else a new connection. NULL on failure. */
+static peer_t *peer_get(prefill_t *p, const preq_t *r)
+{
+    for (peer_t *e = p->peers; e; e = e->next) {
+        if (strcmp(e->decode_id, r->decode_id) != 0)
+            continue;
+        if (e->addr_len == r->addr_len && !memcmp(e->addr, r->addr, r->addr_len) &&
+            e->rkey_len == r->rkey_len && !memcmp(e->rkey, r->rkey, r->rkey_len) && e->base == r->base)
+            return e->failed ? NULL : e;
+        if (e->touched)
+            return NULL;   /* its old puts are not flushed yet: refuse rather than mix */
+        duet_log_info("prefill: decode instance %s restarted; reconnecting", e->decode_id);
+        peer_drop(p, e);
+        break;
+    }
+    peer_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->addr = malloc(r->addr_len);
+    e->rkey = malloc(r->rkey_len);
+    if (!e->addr || !e->rkey) {
+        free(e->addr);
+        free(e->rkey);
+        free(e);
+        return NULL;
+    }
+    memcpy(e->addr, r->addr, r->addr_len);
+    memcpy(e->rkey, r->rkey, r->rkey_len);
+    e->addr_len = r->addr_len;
+    e->rkey_len = r->rkey_len;
+    e->base = r->base;
+    snprintf(e->decode_id, sizeof e->decode_id, "%s", r->decode_id);
+    /* KvTarget carries no pool size, so kvx's local bound is left open; decode's rkey covers
+     * only its pool, so a bad block id fails in UCX. */
+    duet_kvx_remote_t rem = {
+        .worker_addr = e->addr, .worker_addr_len = e->addr_len,
+        .rkey = e->rkey, .rkey_len = e->rkey_len,
+        .base = e->base, .size = SIZE_MAX / 2,
+    };
+    if (duet_kvx_peer_connect(p->kvx, &rem, &e->kp) != DUET_OK) {
+        free(e->addr);
+        free(e->rkey);
+        free(e);
+        return NULL;
+    }
+    e->next = p->peers;
+    p->peers = e;
+    return e;
+}
+
+/* Posts the puts of the prompt's KV: full blocks whole, the last partial block row range by row
+ * range. The bytes posted go to *bytes_p. */
+static duet_status_t post_kv(prefill_t *p, preq_t *r, const duet_kv_seq_t *kv, uint64_t *bytes_p)
+{
+    const duet_kv_pool_view_t *view = duet_kv_cache_view(duet_engine_cache(p->engine));
+    int n = r->n_tokens;
+    int full = n / DUET_KV_BLOCK_TOKENS, rows = n % DUET_KV_BLOCK_TOKENS;
+    size_t slice_bytes = duet_kv_slice_elems(view) * sizeof(uint16_t);     /* one (layer, K|V) */
+    size_t block_bytes = (size_t)view->n_layer * 2 * slice_bytes;
+    size_t head_bytes = (size_t)DUET_KV_BLOCK_TOKENS * (size_t)view->head_dim * sizeof(uint16_t);
+    size_t row_bytes = (size_t)view->head_dim * sizeof(uint16_t);
+    uint64_t bytes = 0;
+    duet_status_t st;
+    if (full > 0) {
+        uint32_t *src = malloc((size_t)full * sizeof *src);
+        if (!src)
+            return DUET_ERR_NOMEM;
+        for (int i = 0; i < full; i++)
+            src[i] = (uint32_t)kv->blocks[i];
+        st = duet_kvx_put_blocks(r->peer->kp, view, src, r->dst, full);
+        free(src);
+        if (st != DUET_OK)
+            return st;
+        bytes += (uint64_t)full * block_bytes;
+    }
+    if (rows > 0) {
+        int b = kv->blocks[full];
+        uint64_t dst = (uint64_t)r->dst[full] * block_bytes;
+        for (int layer = 0; layer < view->n_layer; layer++)
+            for (int k = 0; k < 2; k++)
+                for (int h = 0; h < view->n_kv_head; h++) {
+                    const uint8_t *src = (const uint8_t *)duet_kv_slice(view, b, layer, k) + (size_t)h * head_bytes;
+                    uint64_t off = dst + ((size_t)layer * 2 + (size_t)k) * slice_bytes + (size_t)h * head_bytes;
+                    if ((st = duet_kvx_put(r->peer->kp, src, (size_t)rows * row_bytes, off)) != DUET_OK)
+                        return st;
+                    bytes += (uint64_t)rows * row_bytes;
+                }
+    }
+    *bytes_p = bytes;
+    return DUET_OK;
+}
+
+/* ---- engine callbacks (engine thread, inside step / cancel / destroy) ---------------------- */
+
+/* The first token is sampled and the prompt's KV is complete in our blocks: post the puts now
+ * and hold the blocks (one reference each) until the flush after this step. */
+static int sink_token(void *user, int32_t token)
+{
+    preq_t *r = user;
+    prefill_t *p = r->p;
+    r->first_token = token;
+    r->t_first = duet_clock_ns();
+    r->phase = PHASE_SENT;
+    p->n_sent++;
+    if (duet_rpc_stream_cancelled(r->call)) {
+        r->fail = DUET_ERR_CANCELLED;
+        return 0;
+    }
+    if (duet_rpc_call_remaining_ms(r->call) <= 0) {
+        r->fail = DUET_ERR_DEADLINE;   /* decode has given up on these blocks: never write them */
+        return 0;
+    }
+    const duet_kv_seq_t *kv = duet_engine_seq_kv(r->seq);
+    if (kv->n_tokens < r->n_tokens || kv->n_blocks < r->n_dst) {
+        duet_log_error("prefill: request %s: KV of %d tokens in %d blocks, expected %d in %d", r->id,
+                       kv->n_tokens, kv->n_blocks, r->n_tokens, r->n_dst);
+        r->fail = DUET_ERR_INTERNAL;
+        r->logged = true;
+        return 0;
+    }
+    r->peer = peer_get(p, r);
+    if (!r->peer) {
+        duet_log_error("prefill: request %s: no connection to decode instance %s", r->id, r->decode_id);
+        r->fail = DUET_ERR_UNAVAILABLE;
+        r->logged = true;
+        return 0;
+    }
+    r->src = malloc((size_t)r->n_dst * sizeof *r->src);
+    if (!r->src) {
+        r->fail = DUET_ERR_NOMEM;
+        r->peer = NULL;
+        return 0;
+    }
+    duet_kv_cache_t *cache = duet_engine_cache(p->engine);
+    for (int i = 0; i < r->n_dst; i++) {
+        r->src[i] = kv->blocks[i];
+        duet_kv_block_ref(cache, r->src[i]);
+    }
+    r->n_src = r->n_dst;
+    r->peer->touched = true;
+    duet_status_t st = post_kv(p, r, kv, &r->kv_bytes);
+    if (st != DUET_OK) {
+        duet_log_error("prefill: request %s: posting KV puts to %s failed: %s", r->id, r->decode_id,
+                       duet_status_str(st));
+        r->fail = st == DUET_ERR_INVALID ? DUET_ERR_INVALID : DUET_ERR_UNAVAILABLE;
+        r->logged = true;
+        r->peer->failed = true;
+    }
+    return 0;
+}
+
+static void sink_finish(void *user, const duet_gen_result_t *res)
+{
+    preq_t *r = user;
+    r->seq = NULL;
+    if (r->phase == PHASE_SENT)
+        return;   /* answered after the flush */
+    prefill_t *p = r->p;
+    duet_status_t st = res->finish == DUET_FINISH_CANCELLED ? DUET_ERR_CANCELLED
+                     : res->status != DUET_OK              ? res->status
+                                                           : DUET_ERR_INTERNAL;
+    if (st != DUET_ERR_CANCELLED)
+        duet_log_error("prefill: request %s: prefill failed: %s", r->id, duet_status_str(st));
+    end_error(p, r, st, st == DUET_ERR_CANCELLED ? "cancelled" : "prefill: the forward pass failed");
+}
+
+/* After a step: one flush per peer that got puts, then the answers. */
+static void flush_sent(prefill_t *p)
+{
+    for (peer_t *e = p->peers; e; e = e->next) {
+        e->flush_status = DUET_OK;
+        if (e->touched) {
+            e->flush_status = duet_kvx_flush(e->kp, p->conf->flush_timeout_ms);
+            e->touched = false;
+            if (e->flush_status != DUET_OK)
+                e->failed = true;
+        } else if (e->failed) {
+            e->flush_status = DUET_ERR_UNAVAILABLE;
+        }
+    }
+    /* Failed peers go before any answer: destroying the endpoint ends what it still had in
+     * flight, and decode may reuse the blocks once it hears back. */
+    for (peer_t *e = p->peers, *next; e; e = next) {
+        next = e->next;
+        if (!e->failed)
+            continue;
+        duet_log_warn("prefill: dropping the connection to decode instance %s", e->decode_id);
+        for (preq_t *r = p->live_head; r; r = r->next)
+            if (r->peer == e) {
+                if (r->fail == DUET_OK)
+                    r->fail = e->flush_status == DUET_ERR_DEADLINE ? DUET_ERR_DEADLINE : DUET_ERR_UNAVAILABLE;
+                r->peer = NULL;
+            }
+        peer_drop(p, e);
+    }
+    duet_kv_cache_t *cache = duet_engine_cache(p->engine);
+    int64_t now = duet_clock_ns();
+    for (preq_t *r = p->live_head, *next; r; r = next) {
+        next = r->next;
+        if (r->phase != PHASE_SENT || r->seq)
+            continue;   /* not sent yet (a sent request has always been finished by the engine) */
+        for (int i = 0; i < r->n_src; i++)
+            duet_kv_block_unref(cache, r->src[i]);
+        r->n_src = 0;
+        p->n_sent--;
+        if (r->fail != DUET_OK) {
+            if (r->fail != DUET_ERR_CANCELLED && !r->logged)
+                duet_log_error("prefill: request %s: KV to %s not delivered: %s", r->id, r->decode_id,
+                               duet_status_str(r->fail));
+            end_error(p, r, r->fail, "prefill: the KV transfer to the decode instance failed");
+            continue;
+        }
+        Duet__V1__PrefillTimings tm = DUET__V1__PREFILL_TIMINGS__INIT;
+        tm.queue_us = (uint64_t)(r->t_submit - r->t_arrival) / 1000;
+        tm.compute_us = (uint64_t)(r->t_first - r->t_submit) / 1000;
+        tm.transfer_us = (uint64_t)(now - r->t_first) / 1000;
+        Duet__V1__PrefillResponse resp = DUET__V1__PREFILL_RESPONSE__INIT;
+        resp.first_token = (uint32_t)r->first_token;
+        resp.kv_bytes = r->kv_bytes;
+        resp.timings = &tm;
+        duet_status_t st = duet_rpc_call_reply(r->call, &resp.base);
+        /* The transfer's share that compute did not hide: from the last chunk to the flush. */
+        duet_metric_observe(p->m_transfer, (now - r->t_first) / 1e9);
+        duet_metric_add(p->m_kv_bytes, (double)r->kv_bytes);
+        duet_metric_observe(p->m_queue, (r->t_submit - r->t_arrival) / 1e9);
+        duet_metrics_outcome(&p->outcomes, st);
+        live_unlink(p, r);
+        duet_rpc_call_finish(r->call, st, st == DUET_OK ? NULL : "prefill: cannot send the reply");
+        preq_free(r);
+    }
+}
+
+/* ---- commands, cancellation, the loop ----------------------------------------------------- */
+
+static void new_request(prefill_t *p, preq_t *r, bool stopping)
+{
+    r->p = p;
+    live_link(p, r);
+    if (stopping) {
+        end_error(p, r, DUET_ERR_UNAVAILABLE, "prefill instance stopping");
+        return;
+    }
+    if (duet_rpc_stream_cancelled(r->call)) {
+        end_error(p, r, DUET_ERR_CANCELLED, "cancelled");
+        return;
+    }
+    duet_gen_request_t q = {
+        .prompt = r->tokens,
+        .n_prompt = r->n_tokens,
+        .max_tokens = 1,       /* the first token only: decode samples the rest */
+        .ignore_eos = 1,
+        .sampling = r->sampling,
+    };
+    duet_gen_sink_t sink = {sink_token, sink_finish, r};
+    r->phase = PHASE_ENGINE;
+    r->t_submit = duet_clock_ns();
+    duet_status_t st = duet_engine_submit(p->engine, &q, &sink, &r->seq);
+    if (st != DUET_OK) {
+        duet_log_error("prefill: request %s: the engine refused it: %s", r->id, duet_status_str(st));
+        end_error(p, r, st, "prefill: the engine refused the request");
+    }
+}
+
+static void drain(prefill_t *p, bool *stopping)
+{
+    uint64_t v;
+    ssize_t n = read(p->efd, &v, sizeof v);
+    (void)n;
+    pthread_mutex_lock(&p->mu);
+    cmd_t *c = p->cmd_head;
+    p->cmd_head = p->cmd_tail = NULL;
+    p->queued_tokens = 0;
+    pthread_mutex_unlock(&p->mu);
+    while (c) {
+        cmd_t *next = c->next;
+        if (c->kind == CMD_NEW)
+            new_request(p, c->req, *stopping);
+        else
+            *stopping = true;
+        free(c);
+        c = next;
+    }
+}
+
+static void scan_cancels(prefill_t *p)
+{
+    for (preq_t *r = p->live_head, *next; r; r = next) {
+        next = r->next;
+        if (r->phase == PHASE_ENGINE && r->seq && duet_rpc_stream_cancelled(r->call))
+            duet_engine_cancel(p->engine, r->seq);   /* answers and frees r through sink_finish */
+    }
+}
+
+static void publish_load(prefill_t *p, duet_engine_load_t *el)
+{
+    duet_engine_load(p->engine, el);
+    pthread_mutex_lock(&p->mu);
+    p->load.kv_blocks_free = el->blocks_free;
+    p->load.queued_tokens = el->queued_tokens + p->queued_tokens;
+    p->load.running_seqs = el->n_running;
+    int64_t queued = p->load.queued_tokens;
+    pthread_mutex_unlock(&p->mu);
+    duet_metric_set(p->m_queue_tokens, (double)queued);
+}
+
+static void idle_wait(prefill_t *p, int epfd)
+{
+    for (;;) {
+        while (duet_kvx_progress(p->kvx))
+            ;
+        bool armed = false;
+        if (duet_kvx_arm(p->kvx, &armed) != DUET_OK || armed)
+            break;
+    }
+    struct epoll_event ev[4];
+    int n = epoll_wait(epfd, ev, 4, IDLE_WAIT_MS);
+    (void)n;
+}
+
+static duet_status_t engine_init(prefill_t *p)
+{
+    const prefill_conf_t *c = p->conf;
+    duet_status_t st;
+    duet_kvx_conf_t kc = {.err_mode = p->err_mode, .name = "duet-prefill"};
+    if ((st = duet_kvx_create(&kc, &p->kvx)) != DUET_OK) {
+        duet_log_error("prefill: cannot start UCX: %s", duet_status_str(st));
+        return st;
+    }
+    duet_engine_conf_t ec = {
+        .n_ctx = p->n_ctx,
+        .n_blocks = p->n_blocks,
+        .max_batch_tokens = c->max_batch_tokens,
+        .max_seqs = 64,
+    };
+    /* The local pool is allocated by UCX too, so puts from it need no registration per call. */
+    size_t bytes = duet_engine_pool_bytes(p->model, &ec);
+    if ((st = duet_kvx_pool_create(p->kvx, bytes, &p->pool)) != DUET_OK) {
+        duet_log_error("prefill: cannot allocate a %zu-byte KV pool with UCX: %s", bytes, duet_status_str(st));
+        return st;
+    }
+    ec.pool_memory = duet_kvx_pool_base(p->pool);
+    if ((st = duet_engine_create(p->model, &ec, &p->engine)) != DUET_OK) {
+        duet_log_error("prefill: cannot create the engine: %s", duet_status_str(st));
+        return st;
+    }
+    p->n_ctx = duet_engine_n_ctx(p->engine);
+    duet_log_info("prefill: %s, ctx %d, %d KV blocks (%.1f MiB), %d tokens per step", p->model->name,
+                  p->n_ctx, p->n_blocks, bytes / 1048576.0, c->max_batch_tokens);
+    return DUET_OK;
+}
+
+/* Undoes engine_init, in reverse; every call still held is answered first. */
+static void engine_teardown(prefill_t *p)
+{
+    if (p->engine)
+        duet_engine_destroy(p->engine);   /* ends what is left through sink_finish */
+    if (p->n_sent)
+        flush_sent(p);
+    while (p->peers)
+        peer_drop(p, p->peers);
+    while (p->live_head)
+        end_error(p, p->live_head, DUET_ERR_UNAVAILABLE, "prefill instance stopping");
+    if (p->pool)
+        duet_kvx_pool_destroy(p->pool);
+    if (p->kvx)
+        duet_kvx_destroy(p->kvx);
+}
+
+static void *engine_main(void *arg)
+{
+    prefill_t *p = arg;
+    duet_status_t st = engine_init(p);
+    int epfd = -1;
+    duet_engine_load_t el;
+    if (st == DUET_OK) {
+        epfd = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event e1 = {.events = EPOLLIN, .data.fd = p->efd};
+        struct epoll_event e2 = {.events = EPOLLIN, .data.fd = duet_kvx_event_fd(p->kvx)};
+        if (epfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, p->efd, &e1) != 0 ||
+            epoll_ctl(epfd, EPOLL_CTL_ADD, e2.data.fd, &e2) != 0) {
+            duet_log_error("prefill: epoll: %s", strerror(errno));
+            st = DUET_ERR_IO;
+        }
+    }
+    if (st == DUET_OK)
+        publish_load(p, &el);
+    pthread_mutex_lock(&p->mu);
+    p->init_status = st;
+    p->init_done = 1;
+    pthread_cond_signal(&p->init_cv);
+    pthread_mutex_unlock(&p->mu);
+    if (st != DUET_OK)
+        goto out;
+
+    bool stopping = false;
+    for (;;) {
+        drain(p, &stopping);
+        if (atomic_exchange(&p->cancel_check, 0))
+            scan_cancels(p);
+        if (stopping)
+            break;
+        while (duet_kvx_progress(p->kvx))
+            ;
+        int held = duet_engine_step(p->engine);
+        if (held < 0)
+            duet_log_error("prefill: engine step failed: %s", duet_status_str((duet_status_t)held));
+        if (p->n_sent)
+            flush_sent(p);
+        publish_load(p, &el);
+        if (el.n_running > 0)
+            continue;
+        idle_wait(p, epfd);
+    }
+out:
+    if (epfd >= 0)
+        close(epfd);
+    engine_teardown(p);
+    return NULL;
+}
+
+/* ---- the Prefill handler (completion-queue threads) --------------------------------------- */
+
+static void on_call_cancel(void *arg)
+{
+    prefill_t *p = arg;
+    atomic_store(&p->cancel_check, 1);
+    wake(p);
+}
+
+static duet_status_t validate(const prefill_t *p, const Duet__V1__PrefillRequest *q, char *err, size_t cap)
+{
+    const duet_hparams_t *hp = &p->model->hp;
+    const Duet__V1__KvTarget *t = q->kv_target;
+    if (strlen(q->request_id) >= ID_MAX) {
+        snprintf(err, cap, "request_id: longer than %d bytes", ID_MAX - 1);
+        return DUET_ERR_INVALID;
+    }
+    if (q->n_token_ids == 0) {
+        snprintf(err, cap, "token_ids: empty");
+        return DUET_ERR_INVALID;
+    }
+    if (q->n_token_ids >= (size_t)p->n_ctx) {
+        snprintf(err, cap, "token_ids: %zu tokens do not fit the context of %d", q->n_token_ids, p->n_ctx);
+        return DUET_ERR_INVALID;
+    }
+    for (size_t i = 0; i < q->n_token_ids; i++)
+        if (q->token_ids[i] >= (uint32_t)p->n_vocab) {
+            snprintf(err, cap, "token_ids[%zu]: %u is not below the vocabulary size %d", i,
+                     q->token_ids[i], p->n_vocab);
+            return DUET_ERR_INVALID;
+        }
+    if (!t) {
+        snprintf(err, cap, "kv_target: missing");
+        return DUET_ERR_INVALID;
+    }
+    /* The layout must be ours, or the bytes would land in the wrong places. */
+    const struct {
+        const char *name;
+        uint32_t got;
+        int want;
+    } layout[] = {
+        {"n_layer", t->n_layer, hp->n_layer},
+        {"n_kv_head", t->n_kv_head, hp->n_kv_head},
+        {"head_dim", t->head_dim, hp->head_dim},
+        {"block_tokens", t->block_tokens, DUET_KV_BLOCK_TOKENS},
+        {"elem_bytes", t->elem_bytes, 2},
+    };
+    for (size_t i = 0; i < sizeof layout / sizeof layout[0]; i++)
+        if (layout[i].got != (uint32_t)layout[i].want) {
+            snprintf(err, cap, "kv_target.%s: %u, this model has %d", layout[i].name, layout[i].got,
+                     layout[i].want);
+            return DUET_ERR_INVALID;
+        }
+    size_t want = (size_t)duet_kv_blocks_for((int)q->n_token_ids);
+    if (t->n_block_ids != want) {
+        snprintf(err, cap, "kv_target.block_ids: %zu blocks for %zu tokens, need %zu", t->n_block_ids,
+                 q->n_token_ids, want);
+        return DUET_ERR_INVALID;
+    }
+    if (t->n_block_generations != t->n_block_ids) {
+        snprintf(err, cap, "kv_target.block_generations: %zu, one per block id (%zu) needed",
+                 t->n_block_generations, t->n_block_ids);
+        return DUET_ERR_INVALID;
+    }
+    if (!t->decode_instance_id[0] || strlen(t->decode_instance_id) >= ID_MAX) {
+        snprintf(err, cap, "kv_target.decode_instance_id: must be 1 to %d bytes", ID_MAX - 1);
+        return DUET_ERR_INVALID;
+    }
+    if (!t->ucx_worker_address.len || !t->rkey.len) {
+        snprintf(err, cap, "kv_target.%s: empty", t->rkey.len ? "ucx_worker_address" : "rkey");
+        return DUET_ERR_INVALID;
+    }
+    return DUET_OK;
+}
+
+static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage *msg, void *arg)
+{
+    prefill_t *p = arg;
+    const Duet__V1__PrefillRequest *q = (const Duet__V1__PrefillRequest *)msg;
+    char err[256];
+    if (atomic_load(&p->stopping)) {
+        duet_rpc_call_set_error(call, "prefill instance stopping");
+        return DUET_ERR_UNAVAILABLE;
+    }
+    duet_status_t st = validate(p, q, err, sizeof err);
+    duet_sampling_t sampling;
+    if (st == DUET_OK) {
+        sampling_from_proto(q->sampling, &sampling);
+        if (!q->sampling || !q->sampling->has_seed)
+            sampling.seed = (uint64_t)duet_clock_ns();
+        st = duet_sampling_validate(&sampling, err, sizeof err);
+    }
+    if (st != DUET_OK) {
+        duet_log_info("prefill: request %s: refused: %s", q->request_id, err);
+        duet_rpc_call_set_error(call, "%s", err);
+        return st;
+    }
+    const Duet__V1__KvTarget *t = q->kv_target;
+    preq_t *r = calloc(1, sizeof *r);
+    cmd_t *c = calloc(1, sizeof *c);
+    if (r) {
+        r->tokens = malloc(q->n_token_ids * sizeof *r->tokens);
+        r->dst = malloc(t->n_block_ids * sizeof *r->dst);
+        r->addr = malloc(t->ucx_worker_address.len);
+        r->rkey = malloc(t->rkey.len);
+    }
+    if (!c || !r || !r->tokens || !r->dst || !r->addr || !r->rkey) {
+        free(c);
+        preq_free(r);
+        duet_rpc_call_set_error(call, "prefill: out of memory");
+        return DUET_ERR_NOMEM;
+    }
+    r->call = call;
+    r->t_arrival = duet_clock_ns();
+    snprintf(r->id, sizeof r->id, "%s", q->request_id);
+    r->n_tokens = (int)q->n_token_ids;
+    for (int i = 0; i < r->n_tokens; i++)
+        r->tokens[i] = (int32_t)q->token_ids[i];
+    r->sampling = sampling;
+    snprintf(r->decode_id, sizeof r->decode_id, "%s", t->decode_instance_id);
+    memcpy(r->addr, t->ucx_worker_address.data, t->ucx_worker_address.len);
+    r->addr_len = t->ucx_worker_address.len;
+    memcpy(r->rkey, t->rkey.data, t->rkey.len);
+    r->rkey_len = t->rkey.len;
+    r->base = t->remote_base;
+    r->n_dst = (int)t->n_block_ids;
+    memcpy(r->dst, t->block_ids, t->n_block_ids * sizeof *r->dst);
+    duet_rpc_call_defer(call);
+    duet_rpc_stream_on_cancel(call, on_call_cancel, p);   /* its argument outlives every call */
+    c->kind = CMD_NEW;
+    c->req = r;
+    push_cmd(p, c, r->n_tokens);
+    return DUET_OK;
+}
+
+/* ---- the service definition --------------------------------------------------------------- */
+
+static void prefill_free(prefill_t *p)
+{
+    if (p->model)
+        duet_model_free(p->model);
+    if (p->be)
+        p->be->destroy(p->be);
+    if (p->efd >= 0)
+        close(p->efd);
+    pthread_cond_destroy(&p->init_cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void **state_p,
+                                   const duet_rpc_method_t **methods_p, int *n_methods_p)
+{
+    const prefill_conf_t *c = conf;
+    duet_kvx_err_mode_t err_mode;
+    if (!strcmp(c->ucx_err_mode, "none"))
+        err_mode = DUET_KVX_ERR_NONE;
+    else if (!strcmp(c->ucx_err_mode, "peer"))
+        err_mode = DUET_KVX_ERR_PEER;
+    else {
+        duet_log_error("prefill: --ucx-err-mode: '%s' is neither none nor peer", c->ucx_err_mode);
+        return DUET_ERR_INVALID;
+    }
+    if (c->threads < 1 || c->ctx < 16 || c->max_batch_tokens < 16 || c->kv_blocks < 0 ||
+        c->flush_timeout_ms < 1) {
+        duet_log_error("prefill: need --threads >= 1, --ctx >= 16, --max-batch-tokens >= 16, "
+                       "--kv-blocks >= 0, --flush-timeout-ms >= 1");
+        return DUET_ERR_INVALID;
+    }
+    prefill_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return DUET_ERR_NOMEM;
+    p->conf = c;
+    p->err_mode = err_mode;
+    p->efd = -1;
+    duet_metrics_t *m = duet_service_metrics(svc);
+    p->m_transfer = duet_metrics_histogram(m, "duet_kv_transfer_seconds",
+                                           "KV transfer time not hidden by compute: last chunk to proven flush.",
+                                           duet_metrics_latency_buckets, duet_metrics_n_latency_buckets);
+    p->m_kv_bytes = duet_metrics_counter(m, "duet_kv_transfer_bytes_total", "KV-cache bytes sent to decode instances.", NULL);
+    p->m_queue_tokens = duet_metrics_gauge(m, "duet_prefill_queue_tokens", "Prompt tokens waiting for prefill.", NULL);
+    p->m_queue = duet_metrics_histogram(m, "duet_request_queue_seconds", "Time from arrival to the engine taking the prompt.",
+                                        duet_metrics_latency_buckets, duet_metrics_n_latency_buckets);
+    duet_metrics_outcomes_init(&p->outcomes, m);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->init_cv, NULL);
+    duet_status_t st;
+    char path_buf[4096], err[512] = "";
+    const char *path = model_path(c, path_buf, sizeof path_buf);
+    if ((st = duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = c->threads}, &p->be)) != DUET_OK) {
+        duet_log_error("prefill: cannot start the CPU backend: %s", duet_status_str(st));
+        goto err_free;
+    }
+    if ((st = duet_model_load(path, p->be, &p->model, err, sizeof err)) != DUET_OK) {
+        duet_log_error("prefill: %s: %s", path, err[0] ? err : duet_status_str(st));
+        p->model = NULL;
+        goto err_free;
+    }
+    p->n_vocab = p->model->hp.n_vocab;
+    p->n_ctx = c->ctx > p->model->hp.n_ctx_train ? p->model->hp.n_ctx_train : c->ctx;
+    /* Blocks live only from admission to the flush, so a few contexts' worth keeps the batch full. */
+    p->n_blocks = c->kv_blocks > 0 ? c->kv_blocks : 4 * duet_kv_blocks_for(p->n_ctx);
+    if (p->n_blocks < duet_kv_blocks_for(p->n_ctx))
+        p->n_blocks = duet_kv_blocks_for(p->n_ctx);
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0) {
+        duet_log_error("prefill: eventfd: %s", strerror(errno));
+        st = DUET_ERR_IO;
+        goto err_free;
+    }
+    if (pthread_create(&p->engine_thread, NULL, engine_main, p) != 0) {
+        duet_log_error("prefill: cannot start the engine thread");
+        st = DUET_ERR_NOMEM;
+        goto err_free;
+    }
+    pthread_mutex_lock(&p->mu);
+    while (!p->init_done)
+        pthread_cond_wait(&p->init_cv, &p->mu);
+    st = p->init_status;
+    pthread_mutex_unlock(&p->mu);
+    if (st != DUET_OK) {
+        pthread_join(p->engine_thread, NULL);
+        goto err_free;
+    }
+    p->methods[0] = (duet_rpc_method_t){
+        .path = "/duet.v1.Prefill/Prefill",
+        .kind = DUET_RPC_UNARY,
+        .request = &duet__v1__prefill_request__descriptor,
+        .unary = prefill_call,
+        .arg = p,
+    };
+    *state_p = p;
+    *methods_p = p->methods;
+    *n_methods_p = 1;
+    return DUET_OK;
+
+err_free:
+    prefill_free(p);
+    return st;
+}
+
+static void prefill_describe(void *state, duet_state_inst_t *info)
+{
+    prefill_t *p = state;
+    snprintf(info->model, sizeof info->model, "%s", p->model->name);
+    info->kv_blocks_total = p->n_blocks;
+}
+
+static void prefill_load(void *state, duet_state_load_t *load)
+{
+    prefill_t *p = state;
+    pthread_mutex_lock(&p->mu);
+    *load = p->load;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* The server has stopped and every call is answered: stop the engine thread, then free. */
+static void prefill_stop(void *state)
+{
+    prefill_t *p = state;
+    if (!p)
+        return;
+    atomic_store(&p->stopping, 1);
+    cmd_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        duet_log_error("prefill: out of memory while stopping; the engine thread is left running");
+        return;
+    }
+    c->kind = CMD_STOP;
+    push_cmd(p, c, 0);
+    pthread_join(p->engine_thread, NULL);
+    prefill_free(p);
+}
+
+const duet_service_def_t duet_prefill_service = {
+    .name = "prefill",
+    .summary = "duet prefill instance: batched, chunked prompt processing; KV put into decode pools over UCX",
+    .opts = prefill_opts,
+    .n_opts = (int)(sizeof prefill_opts / sizeof prefill_opts[0]),
+    .conf_size = sizeof(prefill_conf_t),
+    .start = prefill_start,
+    .describe = prefill_describe,
+    .load = prefill_load,
+    .stop = prefill_stop,
+};
