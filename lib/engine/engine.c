@@ -50,6 +50,9 @@ struct duet_engine {
     duet_engine_seq_t **step_seq;    /* [max_seqs] */
     int32_t *step_new;               /* [max_seqs] */
     int32_t *step_tokens;            /* [max_batch_tokens] */
+    int n_step;                      /* requests in the step being run */
+    duet_engine_layer_fn layer_hook;
+    void *layer_user;
 };
 
 const char *duet_finish_str(duet_finish_t finish)
@@ -299,6 +302,24 @@ const duet_kv_seq_t *duet_engine_seq_kv(const duet_engine_seq_t *s)
     return &s->kv;
 }
 
+void *duet_engine_seq_user(const duet_engine_seq_t *s)
+{
+    return s->sink.user;
+}
+
+static void on_layer(void *user, int layer)
+{
+    duet_engine_t *e = user;
+    e->layer_hook(e->layer_user, layer, e->step_seq, e->step_new, e->n_step);
+}
+
+void duet_engine_set_layer_hook(duet_engine_t *e, duet_engine_layer_fn fn, void *user)
+{
+    e->layer_hook = fn;
+    e->layer_user = user;
+    duet_forward_set_layer_hook(e->fwd, fn ? on_layer : NULL, e);
+}
+
 void duet_engine_cancel(duet_engine_t *e, duet_engine_seq_t *s)
 {
     finish(e, s, DUET_FINISH_CANCELLED, DUET_ERR_CANCELLED);
@@ -377,7 +398,9 @@ int duet_engine_step(duet_engine_t *e)
         return e->n_seqs;
     }
     duet_batch_t batch = {.n_seq = n_step, .seqs = e->step_kv, .n_new = e->step_new, .tokens = e->step_tokens};
+    e->n_step = n_step;
     duet_status_t st = duet_forward_run(e->fwd, &batch, e->logits);
+    e->n_step = 0;
     if (st != DUET_OK) {
         duet_log_error("engine: forward pass failed: %s", duet_status_str(st));
         for (int k = 0; k < n_step; k++)

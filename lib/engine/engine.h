@@ -91,6 +91,16 @@ void duet_engine_kv_ready(duet_engine_t *engine, duet_engine_seq_t *seq, int32_t
 /* The remote prefill failed: the engine prefills the prompt itself instead. */
 void duet_engine_kv_failed(duet_engine_t *engine, duet_engine_seq_t *seq);
 
+/* The step's requests and how many new tokens each adds (positions already filled:
+ * duet_engine_seq_kv(seq)->n_tokens), after each layer's K/V are in the pool. */
+typedef void (*duet_engine_layer_fn)(void *user, int layer, duet_engine_seq_t *const *seqs,
+                                     const int32_t *n_new, int n_seqs);
+/* One hook per engine, run on its thread inside step (it must not call back into the engine);
+ * NULL removes it. */
+void duet_engine_set_layer_hook(duet_engine_t *engine, duet_engine_layer_fn fn, void *user);
+/* The user pointer of the request's sink. */
+void *duet_engine_seq_user(const duet_engine_seq_t *seq);
+
 /* The request's KV blocks and how many positions are filled; valid until its next step or its
  * finish (a prefill instance reads them in on_token of the first token, to send them). */
 const duet_kv_seq_t *duet_engine_seq_kv(const duet_engine_seq_t *seq);

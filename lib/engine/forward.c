@@ -37,7 +37,16 @@ struct duet_forward {
     int32_t *kv_len;      /* [S] */
     int32_t *block_table; /* [S][table_cap / S] */
     size_t table_cap;
+
+    duet_forward_layer_fn layer_hook;
+    void *layer_user;
 };
+
+void duet_forward_set_layer_hook(duet_forward_t *f, duet_forward_layer_fn fn, void *user)
+{
+    f->layer_hook = fn;
+    f->layer_user = user;
+}
 
 duet_status_t duet_forward_create(const duet_model_t *model, duet_kv_cache_t *cache,
                                   int max_tokens, int max_seqs, duet_forward_t **fwd_p)
@@ -184,6 +193,11 @@ duet_status_t duet_forward_run(duet_forward_t *f, const duet_batch_t *b, float *
         be->rope(be, f->q, f->pos, n, hp->n_head, hp->head_dim, hp->rot_dim, hp->rope_theta, hp->rope_neox);
         be->rope(be, f->k, f->pos, n, hp->n_kv_head, hp->head_dim, hp->rot_dim, hp->rope_theta, hp->rope_neox);
         be->kv_write(be, pool, il, f->k, f->v, f->slots, n);
+        if (f->layer_hook) {
+            if (be->synchronize)
+                be->synchronize(be);
+            f->layer_hook(f->layer_user, il);
+        }
         attention(be, pool, il, f->q, hp->n_head, &ab, scale, f->att);
         be->matmul(be, &L->wo, NULL, f->att, n, f->proj);
         be->add(be, f->x, f->proj, (size_t)n * hp->dim);

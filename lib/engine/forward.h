@@ -24,6 +24,12 @@ duet_status_t duet_forward_create(const duet_model_t *model, duet_kv_cache_t *ca
                                   int max_tokens, int max_seqs, duet_forward_t **fwd_p);
 void          duet_forward_destroy(duet_forward_t *fwd);
 
+/* Called after each layer's K/V of the step are in the pool (a prefill instance sends them to
+ * the decode instance from here, so the transfer overlaps the rest of the forward pass). On a
+ * backend with a queue the hook runs after a synchronize. */
+typedef void (*duet_forward_layer_fn)(void *user, int layer);
+void duet_forward_set_layer_hook(duet_forward_t *fwd, duet_forward_layer_fn fn, void *user);
+
 /* Runs one step. Blocks for seqs[s]->n_tokens + n_new[s] positions must be reserved already.
  * Writes each sequence's logits after its last new token to logits[n_seq][n_vocab] (host memory).
  * On success each seqs[s]->n_tokens grows by n_new[s]. DUET_ERR_INVALID for a batch over the

@@ -54,6 +54,7 @@ typedef struct {
     int kv_blocks;
     const char *ucx_err_mode;
     int flush_timeout_ms;
+    const char *kv_send;
 } prefill_conf_t;
 
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(prefill_conf_t, field), def, help}
@@ -70,6 +71,8 @@ static const duet_conf_opt_t prefill_opts[] = {
         "UCX endpoint error handling: none (one host, shared memory) or peer (across hosts)"),
     OPT("flush-timeout-ms", "DUET_FLUSH_TIMEOUT_MS", DUET_CONF_INT, flush_timeout_ms, "5000",
         "longest wait for a decode instance to confirm a request's KV"),
+    OPT("kv-send", "DUET_KV_SEND", DUET_CONF_STR, kv_send, "layer",
+        "when KV goes to decode: layer (each layer as it is computed) or prompt (after the last layer)"),
 };
 #undef OPT
 
@@ -114,6 +117,7 @@ typedef struct preq {
     duet_status_t fail;             /* set when sending failed before the flush */
     bool logged;                    /* that failure is already in the log */
     int64_t t_arrival, t_submit, t_first;
+    bool prepared;                  /* peer and source blocks taken for the send */
 } preq_t;
 
 typedef enum { CMD_NEW, CMD_STOP } cmd_kind_t;
@@ -152,6 +156,7 @@ typedef struct prefill {
     peer_t *peers;
     preq_t *live_head, *live_tail;
     int n_sent;                     /* requests waiting for the flush */
+    bool by_layer;                  /* --kv-send layer */
 
     /* Metrics (registered in start, updated by the engine thread). */
     duet_metric_t *m_transfer, *m_kv_bytes, *m_queue_tokens, *m_queue;
@@ -319,8 +324,40 @@ static peer_t *peer_get(prefill_t *p, const preq_t *r)
     return e;
 }
 
-/* Posts the puts of the prompt's KV: full blocks whole, the last partial block row range by row
- * range. The bytes posted go to *bytes_p. */
+/* Posts one layer of the prompt's KV: the (block, layer) K and V slices of the full blocks, and
+ * of the last partial block only the filled rows of each head. Adds the bytes to r->kv_bytes. */
+static duet_status_t post_layer(prefill_t *p, preq_t *r, int layer)
+{
+    const duet_kv_pool_view_t *view = duet_kv_cache_view(duet_engine_cache(p->engine));
+    int n = r->n_tokens;
+    int full = n / DUET_KV_BLOCK_TOKENS, rows = n % DUET_KV_BLOCK_TOKENS;
+    size_t slice_bytes = duet_kv_slice_elems(view) * sizeof(uint16_t);
+    size_t block_bytes = (size_t)view->n_layer * 2 * slice_bytes;
+    size_t head_bytes = (size_t)DUET_KV_BLOCK_TOKENS * (size_t)view->head_dim * sizeof(uint16_t);
+    size_t row_bytes = (size_t)view->head_dim * sizeof(uint16_t);
+    duet_status_t st;
+    if (full > 0) {
+        if ((st = duet_kvx_put_layer(r->peer->kp, view, layer, (const uint32_t *)r->src, r->dst, full)) != DUET_OK)
+            return st;
+        r->kv_bytes += (uint64_t)full * 2 * slice_bytes;
+    }
+    if (rows > 0) {
+        int b = r->src[full];
+        uint64_t dst = (uint64_t)r->dst[full] * block_bytes;
+        for (int k = 0; k < 2; k++)
+            for (int h = 0; h < view->n_kv_head; h++) {
+                const uint8_t *src = (const uint8_t *)duet_kv_slice(view, b, layer, k) + (size_t)h * head_bytes;
+                uint64_t off = dst + ((size_t)layer * 2 + (size_t)k) * slice_bytes + (size_t)h * head_bytes;
+                if ((st = duet_kvx_put(r->peer->kp, src, (size_t)rows * row_bytes, off)) != DUET_OK)
+                    return st;
+                r->kv_bytes += (uint64_t)rows * row_bytes;
+            }
+    }
+    return DUET_OK;
+}
+
+/* Posts the puts of the prompt's KV after its last layer (--kv-send prompt): full blocks whole,
+ * the last partial block row range by row range. The bytes posted go to *bytes_p. */
 static duet_status_t post_kv(prefill_t *p, preq_t *r, const duet_kv_seq_t *kv, uint64_t *bytes_p)
 {
     const duet_kv_pool_view_t *view = duet_kv_cache_view(duet_engine_cache(p->engine));
@@ -365,42 +402,40 @@ static duet_status_t post_kv(prefill_t *p, preq_t *r, const duet_kv_seq_t *kv, u
 
 /* The first token is sampled and the prompt's KV is complete in our blocks: post the puts now
  * and hold the blocks (one reference each) until the flush after this step. */
-static int sink_token(void *user, int32_t token)
+/* Takes what sending the request's KV needs: its peer, and a reference on each of its blocks
+ * until the flush. kv_filled: positions whose K/V will be in the cache once this step is done.
+ * Failures are left in r->fail; the answer comes after the step's flush either way. */
+static void prepare_send(prefill_t *p, preq_t *r, int kv_filled)
 {
-    preq_t *r = user;
-    prefill_t *p = r->p;
-    r->first_token = token;
-    r->t_first = duet_clock_ns();
-    r->phase = PHASE_SENT;
-    p->n_sent++;
+    r->prepared = true;
     if (duet_rpc_stream_cancelled(r->call)) {
         r->fail = DUET_ERR_CANCELLED;
-        return 0;
+        return;
     }
     if (duet_rpc_call_remaining_ms(r->call) <= 0) {
         r->fail = DUET_ERR_DEADLINE;   /* decode has given up on these blocks: never write them */
-        return 0;
+        return;
     }
     const duet_kv_seq_t *kv = duet_engine_seq_kv(r->seq);
-    if (kv->n_tokens < r->n_tokens || kv->n_blocks < r->n_dst) {
+    if (kv_filled < r->n_tokens || kv->n_blocks < r->n_dst) {
         duet_log_error("prefill: request %s: KV of %d tokens in %d blocks, expected %d in %d", r->id,
-                       kv->n_tokens, kv->n_blocks, r->n_tokens, r->n_dst);
+                       kv_filled, kv->n_blocks, r->n_tokens, r->n_dst);
         r->fail = DUET_ERR_INTERNAL;
         r->logged = true;
-        return 0;
+        return;
     }
     r->peer = peer_get(p, r);
     if (!r->peer) {
         duet_log_error("prefill: request %s: no connection to decode instance %s", r->id, r->decode_id);
         r->fail = DUET_ERR_UNAVAILABLE;
         r->logged = true;
-        return 0;
+        return;
     }
     r->src = malloc((size_t)r->n_dst * sizeof *r->src);
     if (!r->src) {
         r->fail = DUET_ERR_NOMEM;
         r->peer = NULL;
-        return 0;
+        return;
     }
     duet_kv_cache_t *cache = duet_engine_cache(p->engine);
     for (int i = 0; i < r->n_dst; i++) {
@@ -409,14 +444,53 @@ static int sink_token(void *user, int32_t token)
     }
     r->n_src = r->n_dst;
     r->peer->touched = true;
-    duet_status_t st = post_kv(p, r, kv, &r->kv_bytes);
-    if (st != DUET_OK) {
-        duet_log_error("prefill: request %s: posting KV puts to %s failed: %s", r->id, r->decode_id,
-                       duet_status_str(st));
-        r->fail = st == DUET_ERR_INVALID ? DUET_ERR_INVALID : DUET_ERR_UNAVAILABLE;
-        r->logged = true;
-        r->peer->failed = true;
+}
+
+static void send_failed(preq_t *r, duet_status_t st)
+{
+    duet_log_error("prefill: request %s: posting KV puts to %s failed: %s", r->id, r->decode_id,
+                   duet_status_str(st));
+    r->fail = st == DUET_ERR_INVALID ? DUET_ERR_INVALID : DUET_ERR_UNAVAILABLE;
+    r->logged = true;
+    r->peer->failed = true;
+}
+
+/* The engine's layer hook (--kv-send layer): once a layer of a prompt's last chunk is computed,
+ * that layer goes to the decode pool while the next layers compute. */
+static void on_layer(void *user, int layer, duet_engine_seq_t *const *seqs, const int32_t *n_new, int n)
+{
+    prefill_t *p = user;
+    for (int i = 0; i < n; i++) {
+        preq_t *r = duet_engine_seq_user(seqs[i]);
+        int filled = duet_engine_seq_kv(seqs[i])->n_tokens + n_new[i];
+        if (filled < r->n_tokens)
+            continue;   /* not the prompt's last chunk: its KV goes with the last one */
+        if (layer == 0)
+            prepare_send(p, r, filled);
+        if (r->fail != DUET_OK || !r->peer)
+            continue;
+        duet_status_t st = post_layer(p, r, layer);
+        if (st != DUET_OK)
+            send_failed(r, st);
     }
+}
+
+static int sink_token(void *user, int32_t token)
+{
+    preq_t *r = user;
+    prefill_t *p = r->p;
+    r->first_token = token;
+    r->t_first = duet_clock_ns();
+    r->phase = PHASE_SENT;
+    p->n_sent++;
+    if (r->prepared)
+        return 0;   /* sent layer by layer during the step */
+    prepare_send(p, r, duet_engine_seq_kv(r->seq)->n_tokens);
+    if (r->fail != DUET_OK || !r->peer)
+        return 0;
+    duet_status_t st = post_kv(p, r, duet_engine_seq_kv(r->seq), &r->kv_bytes);
+    if (st != DUET_OK)
+        send_failed(r, st);
     return 0;
 }
 
@@ -614,6 +688,8 @@ static duet_status_t engine_init(prefill_t *p)
         duet_log_error("prefill: cannot create the engine: %s", duet_status_str(st));
         return st;
     }
+    if (p->by_layer)
+        duet_engine_set_layer_hook(p->engine, on_layer, p);
     p->n_ctx = duet_engine_n_ctx(p->engine);
     duet_log_info("prefill: %s, ctx %d, %d KV blocks (%.1f MiB), %d tokens per step", p->model->name,
                   p->n_ctx, p->n_blocks, bytes / 1048576.0, c->max_batch_tokens);
@@ -852,6 +928,10 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
         duet_log_error("prefill: --ucx-err-mode: '%s' is neither none nor peer", c->ucx_err_mode);
         return DUET_ERR_INVALID;
     }
+    if (strcmp(c->kv_send, "layer") != 0 && strcmp(c->kv_send, "prompt") != 0) {
+        duet_log_error("prefill: --kv-send: '%s' is neither layer nor prompt", c->kv_send);
+        return DUET_ERR_INVALID;
+    }
     if (c->threads < 1 || c->ctx < 16 || c->max_batch_tokens < 16 || c->kv_blocks < 0 ||
         c->flush_timeout_ms < 1) {
         duet_log_error("prefill: need --threads >= 1, --ctx >= 16, --max-batch-tokens >= 16, "
@@ -863,6 +943,7 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
         return DUET_ERR_NOMEM;
     p->conf = c;
     p->err_mode = err_mode;
+    p->by_layer = strcmp(c->kv_send, "layer") == 0;
     p->efd = -1;
     duet_metrics_t *m = duet_service_metrics(svc);
     p->m_transfer = duet_metrics_histogram(m, "duet_kv_transfer_seconds",
