@@ -257,7 +257,7 @@ int duet_cmd_up(int argc, char **argv)
         return 2;
     }
     char model_buf[PATH_MAX];
-    const char *model = c.model ? c.model : duet_default_model_path(model_buf, sizeof model_buf);
+    const char *model = duet_model_resolve_path(c.model, model_buf, sizeof model_buf);
     if (access(model, R_OK) != 0) {
         fprintf(stderr, "duet up: cannot read the model %s (scripts/get-model fetches the default)\n", model);
         return 1;

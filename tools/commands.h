@@ -4,18 +4,14 @@
 
 #include <stddef.h>
 
+#include "backend.h"
+#include "conf.h"
+#include "model.h"
+
 int duet_cmd_generate(int argc, char **argv);
 int duet_cmd_bench(int argc, char **argv);
 int duet_cmd_mkmodel(int argc, char **argv);
 int duet_cmd_up(int argc, char **argv);
-
-/* The default model's cached path: $DUET_MODEL, else $XDG_CACHE_HOME/duet/models/<file>, else
- * ~/.cache/duet/models/<file> (where scripts/get-model puts it). Writes into buf. */
-const char *duet_default_model_path(char *buf, size_t cap);
-
-#include "backend.h"
-#include "conf.h"
-#include "model.h"
 
 /* Parses a subcommand's options; prints its usage for --help and one line for an error.
  * Returns -1 to go on, else the exit status to end with (0 after --help, 2 after an error). */

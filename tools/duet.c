@@ -6,8 +6,6 @@
 #include "commands.h"
 #include "cpu/cpu_backend.h"
 
-#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 typedef struct {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -21,27 +19,10 @@ static const command_t commands[] = {
     {"mkmodel",  duet_cmd_mkmodel,  "write a small random-weight GGUF model for tests"},
 };
 
-const char *duet_default_model_path(char *buf, size_t cap)
-{
-    const char *env = getenv("DUET_MODEL");
-    if (env && *env) {
-        snprintf(buf, cap, "%s", env);
-        return buf;
-    }
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    const char *home = getenv("HOME");
-    if (xdg && *xdg)
-        snprintf(buf, cap, "%s/duet/models/%s", xdg, DEFAULT_MODEL_FILE);
-    else
-        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DEFAULT_MODEL_FILE);
-    return buf;
-}
-
 int duet_tool_open_model(const char *path, int n_threads, duet_backend_t **be_p, duet_model_t **model_p)
 {
     char def[4096], err[512] = "";
-    if (!path || !*path)
-        path = duet_default_model_path(def, sizeof def);
+    path = duet_model_resolve_path(path, def, sizeof def);
     duet_cpu_conf_t cc = {.n_threads = n_threads, .isa = DUET_CPU_ISA_AUTO};
     duet_backend_t *be;
     duet_status_t st = duet_backend_cpu_create(&cc, &be);

@@ -322,6 +322,22 @@ void duet_model_free(duet_model_t *m)
     free(m);
 }
 
+const char *duet_model_resolve_path(const char *path, char *buf, size_t cap)
+{
+    if (path && *path)
+        return path;
+    const char *env = getenv("DUET_MODEL");
+    if (env && *env)
+        return env;
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(buf, cap, "%s/duet/models/%s", xdg, DUET_DEFAULT_MODEL_FILE);
+    else
+        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DUET_DEFAULT_MODEL_FILE);
+    return buf;
+}
+
 size_t duet_model_kv_bytes_per_token(const duet_model_t *m)
 {
     return (size_t)m->hp.n_layer * 2 * (size_t)m->hp.n_kv_head * (size_t)m->hp.head_dim * 2;

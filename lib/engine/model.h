@@ -60,6 +60,13 @@ typedef struct {
     int n_owned;
 } duet_model_t;
 
+/* The default model, as scripts/get-model caches it. */
+#define DUET_DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+/* path when it is non-empty; else $DUET_MODEL; else the default model in $XDG_CACHE_HOME/duet/models
+ * or ~/.cache/duet/models (where scripts/get-model puts it). May write into buf. */
+const char *duet_model_resolve_path(const char *path, char *buf, size_t cap);
+
 /* Loads path for backend be (which must outlive the model). Errors go to err as one line. */
 duet_status_t duet_model_load(const char *path, duet_backend_t *be, duet_model_t **model_p,
                               char *err, size_t err_len);

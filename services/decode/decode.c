@@ -46,7 +46,6 @@
 #include "model.h"
 #include "state.h"
 
-#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
 #define IDLE_WAIT_MS       200   /* longest sleep of an idle engine thread (quarantine expiry) */
 #define REDIS_TIMEOUT_MS   500
 #define REDIS_RETRY_NS     (1000LL * 1000000)
@@ -67,7 +66,7 @@ typedef struct {
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(decode_conf_t, field), def, help}
 static const duet_conf_opt_t decode_opts[] = {
     OPT("model", "DUET_MODEL", DUET_CONF_STR, model, NULL,
-        "GGUF model file (default: ~/.cache/duet/models/" DEFAULT_MODEL_FILE ")"),
+        "GGUF model file (default: ~/.cache/duet/models/" DUET_DEFAULT_MODEL_FILE ")"),
     OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "1", "compute threads"),
     OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "context length (prompt + output); at most the model's"),
     OPT("kv-blocks", "DUET_KV_BLOCKS", DUET_CONF_INT, kv_blocks, "0",
@@ -258,20 +257,6 @@ static void sampling_from_proto(const Duet__V1__SamplingParams *p, duet_sampling
     s->min_p = p->min_p;
     s->repeat_penalty = p->repetition_penalty == 0.0f ? 1.0f : p->repetition_penalty;
     s->seed = p->seed;
-}
-
-/* --model, else $DUET_MODEL (the option's env), else the cached default (tools/duet.c's rule). */
-static const char *model_path(const decode_conf_t *c, char *buf, size_t cap)
-{
-    if (c->model && *c->model)
-        return c->model;
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    const char *home = getenv("HOME");
-    if (xdg && *xdg)
-        snprintf(buf, cap, "%s/duet/models/%s", xdg, DEFAULT_MODEL_FILE);
-    else
-        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DEFAULT_MODEL_FILE);
-    return buf;
 }
 
 /* ---- Redis (engine thread) ---------------------------------------------------------------- */
@@ -1174,7 +1159,7 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
     pthread_cond_init(&d->init_cv, NULL);
     duet_status_t st;
     char path_buf[4096], err[512] = "";
-    const char *path = model_path(c, path_buf, sizeof path_buf);
+    const char *path = duet_model_resolve_path(c->model, path_buf, sizeof path_buf);
     if ((st = duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = c->threads}, &d->be)) != DUET_OK) {
         duet_log_error("decode: cannot start the CPU backend: %s", duet_status_str(st));
         goto err_free;

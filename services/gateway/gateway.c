@@ -33,11 +33,11 @@
 #include "gateway.h"
 #include "gguf.h"
 #include "log.h"
+#include "model.h"
 #include "service.h"
 #include "state.h"
 #include "tokenizer.h"
 
-#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
 #define REQ_ID_MAX         63     /* a client's request id, bytes */
 #define STOP_MAX           16     /* stop strings per request */
 #define STOP_LEN_MAX       256    /* bytes per stop string */
@@ -59,7 +59,7 @@ typedef struct {
 #define OPT(flag, env, type, field, def, help) \
     {flag, env, type, offsetof(gw_conf_t, field), def, help}
 static const duet_conf_opt_t gw_opts[] = {
-    OPT("model", "DUET_MODEL", DUET_CONF_STR, model, "", "GGUF model file: vocabulary, chat template, context (default: ~/.cache/duet/models/" DEFAULT_MODEL_FILE ")"),
+    OPT("model", "DUET_MODEL", DUET_CONF_STR, model, "", "GGUF model file: vocabulary, chat template, context (default: ~/.cache/duet/models/" DUET_DEFAULT_MODEL_FILE ")"),
     OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "context limit in tokens (prompt + generated); capped at the model's; 0: the model's"),
     OPT("api-keys", "DUET_API_KEYS", DUET_CONF_STR, api_keys, "", "comma-separated API keys clients send as 'authorization: Bearer <key>'; empty: no auth"),
     OPT("scheduler", "DUET_SCHEDULER", DUET_CONF_STR, scheduler, "", "scheduler host:port; empty: a live scheduler registered in Redis"),
@@ -1267,19 +1267,6 @@ static duet_status_t on_model_info(duet_rpc_call_t *call, const ProtobufCMessage
 
 /* ---- service definition --------------------------------------------------------------------- */
 
-/* --model, else $DUET_MODEL (the option's variable), else the cached default: the rule of
- * tools/duet.c duet_default_model_path. */
-static void model_path(const gw_conf_t *c, char *buf, size_t cap)
-{
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    if (c->model && c->model[0])
-        snprintf(buf, cap, "%s", c->model);
-    else if (xdg && *xdg)
-        snprintf(buf, cap, "%s/duet/models/%s", xdg, DEFAULT_MODEL_FILE);
-    else
-        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DEFAULT_MODEL_FILE);
-}
-
 static duet_status_t parse_keys(gw_t *gw, const char *list)
 {
     if (!list || !list[0])
@@ -1310,8 +1297,8 @@ static duet_status_t parse_keys(gw_t *gw, const char *list)
 /* The vocabulary, chat template and context length; the weights stay untouched on disk. */
 static duet_status_t load_model(gw_t *gw, const gw_conf_t *c)
 {
-    char path[4096], err[512] = "";
-    model_path(c, path, sizeof path);
+    char path_buf[4096], err[512] = "";
+    const char *path = duet_model_resolve_path(c->model, path_buf, sizeof path_buf);
     duet_status_t status = duet_gguf_open(path, &gw->gguf, err, sizeof err);
     if (status != DUET_OK) {
         duet_log_error("gateway: %s: %s", path, err[0] ? err : duet_status_str(status));

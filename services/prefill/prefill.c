@@ -40,7 +40,6 @@
 #include "log.h"
 #include "model.h"
 
-#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
 #define IDLE_WAIT_MS       1000
 #define PEER_CLOSE_MS      1000   /* flushing a healthy peer when it is dropped */
 #define ID_MAX             64
@@ -60,7 +59,7 @@ typedef struct {
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(prefill_conf_t, field), def, help}
 static const duet_conf_opt_t prefill_opts[] = {
     OPT("model", "DUET_MODEL", DUET_CONF_STR, model, NULL,
-        "GGUF model file (default: ~/.cache/duet/models/" DEFAULT_MODEL_FILE ")"),
+        "GGUF model file (default: ~/.cache/duet/models/" DUET_DEFAULT_MODEL_FILE ")"),
     OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "1", "compute threads"),
     OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "longest prompt + 1; at most the model's context"),
     OPT("max-batch-tokens", "DUET_MAX_BATCH_TOKENS", DUET_CONF_INT, max_batch_tokens, "512",
@@ -209,20 +208,6 @@ static void sampling_from_proto(const Duet__V1__SamplingParams *sp, duet_samplin
     s->min_p = sp->min_p;
     s->repeat_penalty = sp->repetition_penalty == 0.0f ? 1.0f : sp->repetition_penalty;
     s->seed = sp->seed;
-}
-
-/* --model, else $DUET_MODEL (the option's env), else the cached default (tools/duet.c's rule). */
-static const char *model_path(const prefill_conf_t *c, char *buf, size_t cap)
-{
-    if (c->model && *c->model)
-        return c->model;
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    const char *home = getenv("HOME");
-    if (xdg && *xdg)
-        snprintf(buf, cap, "%s/duet/models/%s", xdg, DEFAULT_MODEL_FILE);
-    else
-        snprintf(buf, cap, "%s/.cache/duet/models/%s", home ? home : ".", DEFAULT_MODEL_FILE);
-    return buf;
 }
 
 static void live_link(prefill_t *p, preq_t *r)
@@ -958,7 +943,7 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
     pthread_cond_init(&p->init_cv, NULL);
     duet_status_t st;
     char path_buf[4096], err[512] = "";
-    const char *path = model_path(c, path_buf, sizeof path_buf);
+    const char *path = duet_model_resolve_path(c->model, path_buf, sizeof path_buf);
     if ((st = duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = c->threads}, &p->be)) != DUET_OK) {
         duet_log_error("prefill: cannot start the CPU backend: %s", duet_status_str(st));
         goto err_free;
