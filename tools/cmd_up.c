@@ -23,7 +23,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "rpc.h"
 #include "state.h"
-#include "threadpool.h"
+#include "cpu.h"
 
 typedef struct {
     const char *model;

@@ -1,5 +1,7 @@
-/* kernels/cpu/cpu_backend.c — the CPU backend: each op of backend.h partitioned over a persistent
- * thread pool, with the row-level work done by one ops table (scalar or AVX2, picked at create). */
+/* kernels/cpu/cpu_backend.c — the CPU backend: each op of backend.h cut into chunks that the
+ * threads of a persistent pool (cpu_pool.c) claim, with the row-level work done by one ops table
+ * (scalar, AVX2 or AVX-512, picked at create) and block-type matmuls on packed weights with
+ * integer dot products (qmatmul.h) where the CPU has AVX-512 VNNI. */
 #include "cpu_backend.h"
 
 #include <math.h>
@@ -11,9 +13,11 @@
 #include <cpuid.h>
 #endif
 
-#include "../../lib/base/threadpool.h"
+#include "../../lib/base/cpu.h"
 #include "../quant.h"
+#include "cpu_pool.h"
 #include "ops.h"
+#include "qmatmul.h"
 
 /* Attention keeps one f32 accumulator row per query row on the stack: head_dim is bounded here.
  * The engine refuses models with head_dim > 256 at load; the ops, which cannot return a status,
@@ -21,13 +25,26 @@
 #define CPU_MAX_HEAD_DIM 256
 /* Query rows (token, head) that one attention work unit carries through the KV blocks. */
 #define ATTN_UNIT_ROWS 16
+/* KV positions (whole blocks) per step of the online softmax: one max, exp and rescale per up
+ * to 64 positions rather than per block of 16, as many as fit 16 KiB of f32 K (and as much V)
+ * on the stack: 64 at head_dim 64, 16 at 256. */
+#define ATTN_TILE 64
+#define ATTN_TILE_FLOATS (ATTN_TILE * 64)
 /* Weight rows one thread runs all tokens over before moving on, so they stay in cache. */
 #define MATMUL_ROW_BLOCK 32
 
 typedef struct {
     duet_backend_t be;   /* first, so a duet_backend_t * is a cpu_backend_t * */
-    duet_pool_t *pool;
+    duet_cpu_pool_t *pool;
     const duet_cpu_ops_t *ops;
+    duet_cpu_ops_t ops_avx512;   /* the table ops points to on the AVX-512 ISA */
+    /* The integer matmul over packed weights; NULL on ISAs without it (weights stay as stored). */
+    duet_cpu_qact_fn qact;
+    duet_cpu_qgemm_fn qgemm;
+    /* Quantized activations of the current matmul, grown to the largest batch seen and then
+     * reused, so a step allocates nothing. */
+    void *act;
+    size_t act_cap;
 } cpu_backend_t;
 
 static const duet_cpu_ops_t *ops_of(duet_backend_t *be)
@@ -36,12 +53,42 @@ static const duet_cpu_ops_t *ops_of(duet_backend_t *be)
 }
 
 /* Runs fn over the pool, or on the caller alone when the op is too small to pay for waking it. */
-static void run(duet_backend_t *be, duet_pool_fn fn, void *arg, int parallel)
+static void run(duet_backend_t *be, duet_cpu_task_fn fn, void *arg, int parallel)
 {
     if (parallel)
-        duet_pool_run(((cpu_backend_t *)be)->pool, fn, arg);
+        duet_cpu_pool_run(((cpu_backend_t *)be)->pool, fn, arg);
     else
-        fn(arg, 0, 1);
+        fn(arg);
+}
+
+/* Work items [0, n) handed out `chunk` at a time to whichever threads come for them (see
+ * cpu_pool.h: a task must not count on any thread but the caller). */
+typedef struct {
+    atomic_int next;
+    int n, chunk;
+} claim_t;
+
+/* About four chunks per thread, a multiple of align: enough to rebalance when a thread is slow
+ * or late, few enough to keep the claims cheap. */
+static void claim_init(duet_backend_t *be, claim_t *c, int n, int align)
+{
+    int nth = duet_cpu_pool_size(((cpu_backend_t *)be)->pool);
+    int units = (n + align - 1) / align;
+    int per = (units + 4 * nth - 1) / (4 * nth);
+    atomic_init(&c->next, 0);
+    c->n = n;
+    c->chunk = (per > 0 ? per : 1) * align;
+}
+
+/* Takes the next chunk [*b, *e); 0 when the work is all taken. */
+static int claim_next(claim_t *c, int *b, int *e)
+{
+    int i = atomic_fetch_add_explicit(&c->next, c->chunk, memory_order_relaxed);
+    if (i >= c->n)
+        return 0;
+    *b = i;
+    *e = i + c->chunk < c->n ? i + c->chunk : c->n;
+    return 1;
 }
 
 static int min_int(int a, int b)
@@ -86,24 +133,26 @@ typedef struct {
     const int32_t *tokens;
     int n;
     float *out;
+    claim_t work;   /* tokens */
 } embed_task_t;
 
-static void embed_worker(void *arg, int ith, int nth)
+static void embed_worker(void *arg)
 {
-    const embed_task_t *t = arg;
+    embed_task_t *t = arg;
     int b, e;
-    duet_pool_split(t->n, 1, ith, nth, &b, &e);
     const uint8_t *data = t->table->data;
-    for (int i = b; i < e; i++)
-        duet_dequantize_row(t->table->type, data + (size_t)t->tokens[i] * t->table->row_bytes,
-                            t->out + (size_t)i * t->table->cols, t->table->cols);
+    while (claim_next(&t->work, &b, &e))
+        for (int i = b; i < e; i++)
+            duet_dequantize_row(t->table->type, data + (size_t)t->tokens[i] * t->table->row_bytes,
+                                t->out + (size_t)i * t->table->cols, t->table->cols);
 }
 
 /* Both ISAs share this: every conversion is exact, so there is nothing for AVX2 to differ in. */
 static void cpu_embed(duet_backend_t *be, const duet_weight_t *table, const int32_t *tokens, int n,
                       float *out)
 {
-    embed_task_t t = {table, tokens, n, out};
+    embed_task_t t = {table, tokens, n, out, {0}};
+    claim_init(be, &t.work, n, 1);
     run(be, embed_worker, &t, n >= 8);
 }
 
@@ -115,24 +164,26 @@ typedef struct {
     float eps;
     int n, dim;
     float *out;
+    claim_t work;   /* rows */
 } rmsnorm_task_t;
 
-static void rmsnorm_worker(void *arg, int ith, int nth)
+static void rmsnorm_worker(void *arg)
 {
-    const rmsnorm_task_t *t = arg;
+    rmsnorm_task_t *t = arg;
     int b, e;
-    duet_pool_split(t->n, 1, ith, nth, &b, &e);
-    for (int i = b; i < e; i++) {
-        const float *x = t->x + (size_t)i * t->dim;
-        float ms = t->ops->sum_sq(x, t->dim) / (float)t->dim;
-        t->ops->scale_mul(t->out + (size_t)i * t->dim, x, 1.0f / sqrtf(ms + t->eps), t->w, t->dim);
-    }
+    while (claim_next(&t->work, &b, &e))
+        for (int i = b; i < e; i++) {
+            const float *x = t->x + (size_t)i * t->dim;
+            float ms = t->ops->sum_sq(x, t->dim) / (float)t->dim;
+            t->ops->scale_mul(t->out + (size_t)i * t->dim, x, 1.0f / sqrtf(ms + t->eps), t->w, t->dim);
+        }
 }
 
 static void cpu_rmsnorm(duet_backend_t *be, const float *x, const float *w, float eps, int n,
                         int dim, float *out)
 {
-    rmsnorm_task_t t = {ops_of(be), x, w, eps, n, dim, out};
+    rmsnorm_task_t t = {ops_of(be), x, w, eps, n, dim, out, {0}};
+    claim_init(be, &t.work, n, 1);
     run(be, rmsnorm_worker, &t, n >= 4 && (size_t)n * (size_t)dim >= 8192);
 }
 
@@ -145,6 +196,7 @@ typedef struct {
     const float *x;
     int n;
     float *out;
+    claim_t work;   /* output rows, in multiples of 16 */
 } matmul_task_t;
 
 static duet_cpu_dot_fn dot_for_type(const duet_cpu_ops_t *ops, uint32_t type)
@@ -160,17 +212,14 @@ static duet_cpu_dot_fn dot_for_type(const duet_cpu_ops_t *ops, uint32_t type)
     return NULL;
 }
 
-/* Each thread owns a range of output rows (aligned to 16 floats so no two threads write one
- * cache line of out) and runs every token over them: a block of weight rows is read from
- * memory once and reused from cache by each group of DUET_CPU_DOT_MAX_NX tokens. */
-static void matmul_worker(void *arg, int ith, int nth)
+/* Rows r0 .. r1-1 for every token: a block of weight rows is read from memory once and reused
+ * from cache by each group of DUET_CPU_DOT_MAX_NX tokens. Chunks are multiples of 16 rows, so no
+ * two threads write one cache line of out. */
+static void matmul_rows(const matmul_task_t *t, int r0, int r1)
 {
-    const matmul_task_t *t = arg;
     const duet_weight_t *w = t->w;
     const uint8_t *data = w->data;
     size_t rows = (size_t)w->rows, cols = (size_t)w->cols;
-    int r0, r1;
-    duet_pool_split(w->rows, 16, ith, nth, &r0, &r1);
     for (int rb = r0; rb < r1; rb += MATMUL_ROW_BLOCK) {
         int re = min_int(rb + MATMUL_ROW_BLOCK, r1);
         for (int i = 0; i < t->n; i += DUET_CPU_DOT_MAX_NX) {
@@ -186,15 +235,94 @@ static void matmul_worker(void *arg, int ith, int nth)
     }
 }
 
+static void matmul_worker(void *arg)
+{
+    matmul_task_t *t = arg;
+    int r0, r1;
+    while (claim_next(&t->work, &r0, &r1))
+        matmul_rows(t, r0, r1);
+}
+
+/* ---- matmul over packed weights ----
+ * Activations are quantized once per matmul: a few tokens by the caller before the run; more by
+ * the threads, token chunks claimed like any work, and each thread waits until every token is
+ * done before it takes row groups (a wait for the work, not for the threads: a late thread skips
+ * it). Row groups are claimed in chunks too. */
+
+/* Quantizing this many tokens on the caller costs less than the wait. */
+#define QMM_CALLER_QUANT_MAX 4
+
+typedef struct {
+    const cpu_backend_t *cpu;
+    const duet_cpu_packed_t *p;
+    const float *bias;
+    const float *x;
+    int n;
+    float *out;
+    claim_t quant;       /* tokens to quantize; none when the caller has done it */
+    atomic_int quantized;/* tokens quantized so far */
+    claim_t groups;      /* row groups */
+} qmatmul_task_t;
+
+static void qmatmul_worker(void *arg)
+{
+    qmatmul_task_t *t = arg;
+    const duet_cpu_packed_t *p = t->p;
+    size_t arb = duet_qact_row_bytes(p->cols);
+    uint8_t *act = t->cpu->act;
+    int b, e;
+    while (claim_next(&t->quant, &b, &e)) {
+        for (int i = b; i < e; i++)
+            t->cpu->qact(t->x + (size_t)i * p->cols, p->cols, act + (size_t)i * arb);
+        atomic_fetch_add_explicit(&t->quantized, e - b, memory_order_release);
+    }
+    for (int spins = 0; atomic_load_explicit(&t->quantized, memory_order_acquire) < t->quant.n;)
+        duet_cpu_relax(&spins);
+    while (claim_next(&t->groups, &b, &e))
+        t->cpu->qgemm(p, b, e, act, t->n, t->bias, t->out, (size_t)p->rows);
+}
+
+/* Makes cpu->act hold at least bytes; 0 when out of memory. */
+static int reserve_act(cpu_backend_t *cpu, size_t bytes)
+{
+    if (bytes <= cpu->act_cap)
+        return 1;
+    void *a = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!a)
+        return 0;
+    free(cpu->act);
+    cpu->act = a;
+    cpu->act_cap = bytes;
+    return 1;
+}
+
 static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *bias,
                        const float *x, int n, float *out)
 {
-    matmul_task_t t = {dot_for_type(ops_of(be), w->type), w, bias, x, n, out};
+    cpu_backend_t *cpu = (cpu_backend_t *)be;
+    const duet_cpu_packed_t *p = w->packed;
+    int parallel = (size_t)w->rows * (size_t)w->cols * (size_t)n >= 32768 && w->rows >= 32;
+    if (p && cpu->qgemm && n > 0 && reserve_act(cpu, (size_t)n * duet_qact_row_bytes(p->cols))) {
+        qmatmul_task_t q = {.cpu = cpu, .p = p, .bias = bias, .x = x, .n = n, .out = out};
+        int by_caller = n <= QMM_CALLER_QUANT_MAX || !parallel;
+        if (by_caller) {
+            size_t arb = duet_qact_row_bytes(p->cols);
+            for (int i = 0; i < n; i++)
+                cpu->qact(x + (size_t)i * p->cols, p->cols, (uint8_t *)cpu->act + (size_t)i * arb);
+        }
+        claim_init(be, &q.quant, by_caller ? 0 : n, 1);
+        atomic_init(&q.quantized, 0);
+        claim_init(be, &q.groups, p->groups, 1);
+        run(be, qmatmul_worker, &q, parallel);
+        return;
+    }
+    matmul_task_t t = {dot_for_type(ops_of(be), w->type), w, bias, x, n, out, {0}};
     if (!t.dot) {  /* the engine checks weight types at load; never silently wrong */
         fill_nan(out, (size_t)n * (size_t)w->rows);
         return;
     }
-    run(be, matmul_worker, &t, (size_t)w->rows * (size_t)w->cols * (size_t)n >= 32768 && w->rows >= 32);
+    claim_init(be, &t.work, w->rows, 16);
+    run(be, matmul_worker, &t, parallel);
 }
 
 /* ---- rope ---- */
@@ -206,28 +334,29 @@ typedef struct {
     int n, n_head, head_dim, rot_dim;
     float theta;
     int neox;
+    claim_t work;   /* tokens */
 } rope_task_t;
 
-static void rope_worker(void *arg, int ith, int nth)
+static void rope_worker(void *arg)
 {
-    const rope_task_t *t = arg;
+    rope_task_t *t = arg;
     int half = t->rot_dim / 2;
     float cos_t[CPU_MAX_HEAD_DIM / 2], sin_t[CPU_MAX_HEAD_DIM / 2];
     int b, e;
-    duet_pool_split(t->n, 1, ith, nth, &b, &e);
-    for (int i = b; i < e; i++) {
-        /* Angles in double, once per token, shared by every head: large positions keep their
-         * precision and both ISAs rotate by the very same cos/sin. */
-        for (int j = 0; j < half; j++) {
-            double freq = pow((double)t->theta, -2.0 * j / (double)t->rot_dim);
-            double angle = (double)t->pos[i] * freq;
-            cos_t[j] = (float)cos(angle);
-            sin_t[j] = (float)sin(angle);
+    while (claim_next(&t->work, &b, &e))
+        for (int i = b; i < e; i++) {
+            /* Angles in double, once per token, shared by every head: large positions keep their
+             * precision and both ISAs rotate by the very same cos/sin. */
+            for (int j = 0; j < half; j++) {
+                double freq = pow((double)t->theta, -2.0 * j / (double)t->rot_dim);
+                double angle = (double)t->pos[i] * freq;
+                cos_t[j] = (float)cos(angle);
+                sin_t[j] = (float)sin(angle);
+            }
+            for (int h = 0; h < t->n_head; h++)
+                t->ops->rope_row(t->x + ((size_t)i * t->n_head + h) * t->head_dim, cos_t, sin_t, half,
+                                 t->neox);
         }
-        for (int h = 0; h < t->n_head; h++)
-            t->ops->rope_row(t->x + ((size_t)i * t->n_head + h) * t->head_dim, cos_t, sin_t, half,
-                             t->neox);
-    }
 }
 
 static void cpu_rope(duet_backend_t *be, float *x, const int32_t *pos, int n, int n_head,
@@ -238,7 +367,8 @@ static void cpu_rope(duet_backend_t *be, float *x, const int32_t *pos, int n, in
         return;
     }
     rope_task_t t = {ops_of(be), x, pos, n, n_head, head_dim, min_int(rot_dim, head_dim), theta,
-                     neox};
+                     neox, {0}};
+    claim_init(be, &t.work, n, 1);
     run(be, rope_worker, &t, n >= 4);
 }
 
@@ -251,31 +381,33 @@ typedef struct {
     const float *k, *v;
     const int32_t *slots;
     int n;
+    claim_t work;   /* tokens */
 } kv_write_task_t;
 
-static void kv_write_worker(void *arg, int ith, int nth)
+static void kv_write_worker(void *arg)
 {
-    const kv_write_task_t *t = arg;
+    kv_write_task_t *t = arg;
     int nkv = t->pool->n_kv_head, hd = t->pool->head_dim;
     int b, e;
-    duet_pool_split(t->n, 1, ith, nth, &b, &e);
-    for (int i = b; i < e; i++) {
-        int block = t->slots[i] / DUET_KV_BLOCK_TOKENS, row = t->slots[i] % DUET_KV_BLOCK_TOKENS;
-        uint16_t *ks = duet_kv_slice(t->pool, block, t->layer, 0);
-        uint16_t *vs = duet_kv_slice(t->pool, block, t->layer, 1);
-        for (int h = 0; h < nkv; h++) {
-            size_t dst = ((size_t)h * DUET_KV_BLOCK_TOKENS + (size_t)row) * (size_t)hd;
-            size_t src = ((size_t)i * nkv + h) * (size_t)hd;
-            t->ops->f32_to_f16(ks + dst, t->k + src, hd);
-            t->ops->f32_to_f16(vs + dst, t->v + src, hd);
+    while (claim_next(&t->work, &b, &e))
+        for (int i = b; i < e; i++) {
+            int block = t->slots[i] / DUET_KV_BLOCK_TOKENS, row = t->slots[i] % DUET_KV_BLOCK_TOKENS;
+            uint16_t *ks = duet_kv_slice(t->pool, block, t->layer, 0);
+            uint16_t *vs = duet_kv_slice(t->pool, block, t->layer, 1);
+            for (int h = 0; h < nkv; h++) {
+                size_t dst = ((size_t)h * DUET_KV_BLOCK_TOKENS + (size_t)row) * (size_t)hd;
+                size_t src = ((size_t)i * nkv + h) * (size_t)hd;
+                t->ops->f32_to_f16(ks + dst, t->k + src, hd);
+                t->ops->f32_to_f16(vs + dst, t->v + src, hd);
+            }
         }
-    }
 }
 
 static void cpu_kv_write(duet_backend_t *be, const duet_kv_pool_view_t *pool, int layer,
                          const float *k, const float *v, const int32_t *slots, int n)
 {
-    kv_write_task_t t = {ops_of(be), pool, layer, k, v, slots, n};
+    kv_write_task_t t = {ops_of(be), pool, layer, k, v, slots, n, {0}};
+    claim_init(be, &t.work, n, 1);
     run(be, kv_write_worker, &t, n >= 16);
 }
 
@@ -285,8 +417,8 @@ static void cpu_kv_write(duet_backend_t *be, const duet_kv_pool_view_t *pool, in
  * its sequence's KV blocks in order (through the block table), 16 positions at a time, keeping
  * per query row the running max m, the running sum l and the unnormalized output acc
  * (FlashAttention-2's online softmax): a block that raises the max rescales l and acc by
- * exp(m_old - m_new) first. Each K row is dotted with all the unit's heads of a token in one
- * call, so the heads of a GQA group share its load. Prefill tiles several tokens per unit;
+ * exp(m_old - m_new) first. Each block's K and V are converted to f32 once for all the unit's
+ * rows, so the heads of a GQA group (and the tokens of a prefill tile) share that work. Prefill tiles several tokens per unit;
  * decode one token, so many sequences spread over the threads. */
 
 typedef struct {
@@ -322,30 +454,39 @@ static void attn_unit(const attn_task_t *t, int s, int tok0, int ntok, int kvh, 
     int head0 = kvh * t->group + h0;
     float acc[ATTN_UNIT_ROWS][CPU_MAX_HEAD_DIM];
     float m[ATTN_UNIT_ROWS], l[ATTN_UNIT_ROWS];
-    float sc[ATTN_UNIT_ROWS][DUET_KV_BLOCK_TOKENS];
+    float sc[ATTN_UNIT_ROWS][ATTN_TILE];
+    /* The tile's K and V rows as f32, converted once for all the unit's query rows. */
+    float kf[ATTN_TILE_FLOATS], vf[ATTN_TILE_FLOATS];
+    int tile = ATTN_TILE_FLOATS / (DUET_KV_BLOCK_TOKENS * hd) * DUET_KV_BLOCK_TOKENS;
+    tile = tile < ATTN_TILE ? tile : ATTN_TILE;
 
     for (int r = 0; r < ntok * nh; r++) {
         memset(acc[r], 0, (size_t)hd * sizeof(float));
         m[r] = -INFINITY;
         l[r] = 0.0f;
     }
-    for (int blk = 0; blk * DUET_KV_BLOCK_TOKENS <= pos_last; blk++) {
-        int block = bt->block_table[(size_t)s * bt->max_blocks + blk];
-        const uint16_t *ks = duet_kv_slice(t->pool, block, t->layer, 0) +
-                             (size_t)kvh * DUET_KV_BLOCK_TOKENS * hd;
-        const uint16_t *vs = duet_kv_slice(t->pool, block, t->layer, 1) +
-                             (size_t)kvh * DUET_KV_BLOCK_TOKENS * hd;
+    for (int tile0 = 0; tile0 <= pos_last; tile0 += tile) {
+        int nconv = min_int(tile, pos_last - tile0 + 1);
+        for (int jb = 0; jb * DUET_KV_BLOCK_TOKENS < nconv; jb++) {
+            int blk = tile0 / DUET_KV_BLOCK_TOKENS + jb;
+            int block = bt->block_table[(size_t)s * bt->max_blocks + blk];
+            const uint16_t *ks = duet_kv_slice(t->pool, block, t->layer, 0) +
+                                 (size_t)kvh * DUET_KV_BLOCK_TOKENS * hd;
+            const uint16_t *vs = duet_kv_slice(t->pool, block, t->layer, 1) +
+                                 (size_t)kvh * DUET_KV_BLOCK_TOKENS * hd;
+            int rows = min_int(DUET_KV_BLOCK_TOKENS, nconv - jb * DUET_KV_BLOCK_TOKENS);
+            size_t at = (size_t)jb * DUET_KV_BLOCK_TOKENS * hd;
+            ops->f16_to_f32(kf + at, ks, rows * hd);
+            ops->f16_to_f32(vf + at, vs, rows * hd);
+        }
         for (int ti = 0; ti < ntok; ti++) {
             /* Causal: this token sees positions up to its own. */
-            int lim = min_int(DUET_KV_BLOCK_TOKENS, first_pos + tok0 + ti - blk * DUET_KV_BLOCK_TOKENS + 1);
+            int lim = min_int(tile, first_pos + tok0 + ti - tile0 + 1);
             if (lim <= 0)
                 continue;
             const float *qt = t->q + ((size_t)(first + tok0 + ti) * t->n_head + head0) * hd;
-            for (int j = 0; j < lim; j++)
-                for (int hh = 0; hh < nh; hh += DUET_CPU_DOT_MAX_NX)
-                    ops->dot_f16(hd, ks + (size_t)j * hd, qt + (size_t)hh * hd, hd,
-                                 min_int(DUET_CPU_DOT_MAX_NX, nh - hh), &sc[ti * nh + hh][j],
-                                 DUET_KV_BLOCK_TOKENS);
+            for (int hh = 0; hh < nh; hh++)
+                ops->dot_rows(sc[ti * nh + hh], qt + (size_t)hh * hd, kf, lim, hd);
             for (int hh = 0; hh < nh; hh++) {
                 int r = ti * nh + hh;
                 float *p = sc[r];
@@ -363,8 +504,7 @@ static void attn_unit(const attn_task_t *t, int s, int tok0, int ntok, int kvh, 
                     m[r] = mx;
                 }
                 l[r] += ops->exp_shift_sum(p, lim, m[r]);
-                for (int j = 0; j < lim; j++)
-                    ops->axpy_f16(acc[r], p[j], vs + (size_t)j * hd, hd);
+                ops->axpy_rows(acc[r], p, vf, lim, hd);
             }
         }
     }
@@ -379,14 +519,12 @@ static void attn_unit(const attn_task_t *t, int s, int tok0, int ntok, int kvh, 
         }
 }
 
-static void attn_worker(void *arg, int ith, int nth)
+static void attn_worker(void *arg)
 {
     attn_task_t *t = arg;
     int n_kv = t->pool->n_kv_head;
     int per_tile = n_kv * t->head_splits;
     int s = 0, seq_base = 0;  /* units before sequence s; only grows, as the counter does */
-    (void)ith;
-    (void)nth;
     for (;;) {
         int u = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed);
         while (s < t->batch->n_seq && u >= seq_base + attn_seq_tiles(t, s) * per_tile) {
@@ -450,34 +588,64 @@ typedef struct {
     const float *a, *b;
     size_t n;
     int swiglu;
+    claim_t work;      /* cache lines of 16 floats, so threads never share a line of the output */
 } elem_task_t;
 
-static void elem_worker(void *arg, int ith, int nth)
+static void elem_worker(void *arg)
 {
-    const elem_task_t *t = arg;
-    /* Chunks of 16 floats (one cache line) so threads never share a line of the output. */
-    size_t lines = (t->n + 15) / 16;
-    size_t b = lines * (size_t)ith / (size_t)nth * 16, e = lines * (size_t)(ith + 1) / (size_t)nth * 16;
-    if (e > t->n)
-        e = t->n;
-    if (b >= e)
-        return;
-    if (t->swiglu)
-        t->ops->silu_mul(t->x + b, t->a + b, t->b + b, e - b);
-    else
-        t->ops->add(t->x + b, t->a + b, e - b);
+    elem_task_t *t = arg;
+    int lb, le;
+    while (claim_next(&t->work, &lb, &le)) {
+        size_t b = (size_t)lb * 16, e = (size_t)le * 16 < t->n ? (size_t)le * 16 : t->n;
+        if (t->swiglu)
+            t->ops->silu_mul(t->x + b, t->a + b, t->b + b, e - b);
+        else
+            t->ops->add(t->x + b, t->a + b, e - b);
+    }
+}
+
+/* Lines of 16 floats in n; the ops are built for activation sizes, far below 2^31 lines. */
+static int elem_lines(size_t n)
+{
+    return (int)((n + 15) / 16);
 }
 
 static void cpu_swiglu(duet_backend_t *be, const float *gate, const float *up, size_t n, float *out)
 {
-    elem_task_t t = {ops_of(be), out, gate, up, n, 1};
+    elem_task_t t = {ops_of(be), out, gate, up, n, 1, {0}};
+    claim_init(be, &t.work, elem_lines(n), 1);
     run(be, elem_worker, &t, n >= 16384);
 }
 
 static void cpu_add(duet_backend_t *be, float *x, const float *y, size_t n)
 {
-    elem_task_t t = {ops_of(be), x, y, NULL, n, 0};
+    elem_task_t t = {ops_of(be), x, y, NULL, n, 0, {0}};
+    claim_init(be, &t.work, elem_lines(n), 1);
     run(be, elem_worker, &t, n >= 65536);
+}
+
+/* ---- weights ---- */
+
+/* Block-type weights are repacked for the integer matmul when this ISA has one; other types, and
+ * every weight on other ISAs, are read as stored. The GGUF rows stay valid (embed reads them). */
+static duet_status_t cpu_prepare_weight(duet_backend_t *be, duet_weight_t *w)
+{
+    cpu_backend_t *cpu = (cpu_backend_t *)be;
+    if (!cpu->qgemm || !duet_cpu_packable(w->type) || w->packed)
+        return DUET_OK;
+    duet_cpu_packed_t *p;
+    duet_status_t st = duet_cpu_pack(w, &p);
+    if (st != DUET_OK)
+        return st;
+    w->packed = p;
+    return DUET_OK;
+}
+
+static void cpu_release_weight(duet_backend_t *be, duet_weight_t *w)
+{
+    (void)be;
+    duet_cpu_packed_free(w->packed);
+    w->packed = NULL;
 }
 
 /* ---- create / destroy ---- */
@@ -485,7 +653,8 @@ static void cpu_add(duet_backend_t *be, float *x, const float *y, size_t n)
 static void cpu_destroy(duet_backend_t *be)
 {
     cpu_backend_t *cpu = (cpu_backend_t *)be;
-    duet_pool_destroy(cpu->pool);
+    duet_cpu_pool_destroy(cpu->pool);
+    free(cpu->act);
     free(cpu);
 }
 
@@ -502,6 +671,22 @@ static int cpu_has_avx2_fma_f16c(void)
         return 0;
     return (ecx & bit_F16C) != 0;
 }
+
+/* AVX-512 F/BW/VL and VNNI from CPUID leaf 7, and the OS saving the opmask and all 512-bit
+ * registers (XCR0 bits 1, 2, 5, 6, 7). */
+static int cpu_has_avx512_vnni(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    if (!cpu_has_avx2_fma_f16c() || !__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE))
+        return 0;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & 0xe6) != 0xe6)
+        return 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+        return 0;
+    return (ebx & (1u << 16)) && (ebx & (1u << 30)) && (ebx & (1u << 31)) && (ecx & (1u << 11));
+}
 #endif
 
 int duet_cpu_isa_supported(duet_cpu_isa_t isa)
@@ -516,8 +701,23 @@ int duet_cpu_isa_supported(duet_cpu_isa_t isa)
 #else
         return 0;
 #endif
+    case DUET_CPU_ISA_AVX512:
+#if defined(__x86_64__) || defined(__i386__)
+        return duet_cpu_ops_avx2() != NULL && duet_cpu_qgemm_avx512() != NULL && cpu_has_avx512_vnni();
+#else
+        return 0;
+#endif
     }
     return 0;
+}
+
+static const char *isa_name(duet_cpu_isa_t isa)
+{
+    switch (isa) {
+    case DUET_CPU_ISA_AVX512: return "cpu-avx512";
+    case DUET_CPU_ISA_AVX2:   return "cpu-avx2";
+    default:                  return "cpu-scalar";
+    }
 }
 
 duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_t **be_p)
@@ -526,8 +726,10 @@ duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_
     if (c.n_threads < 0)
         return DUET_ERR_INVALID;
     if (c.isa == DUET_CPU_ISA_AUTO)
-        c.isa = duet_cpu_isa_supported(DUET_CPU_ISA_AVX2) ? DUET_CPU_ISA_AVX2 : DUET_CPU_ISA_SCALAR;
-    else if (c.isa != DUET_CPU_ISA_SCALAR && c.isa != DUET_CPU_ISA_AVX2)
+        c.isa = duet_cpu_isa_supported(DUET_CPU_ISA_AVX512) ? DUET_CPU_ISA_AVX512
+              : duet_cpu_isa_supported(DUET_CPU_ISA_AVX2)   ? DUET_CPU_ISA_AVX2
+                                                            : DUET_CPU_ISA_SCALAR;
+    else if (c.isa != DUET_CPU_ISA_SCALAR && c.isa != DUET_CPU_ISA_AVX2 && c.isa != DUET_CPU_ISA_AVX512)
         return DUET_ERR_INVALID;
     if (!duet_cpu_isa_supported(c.isa))
         return DUET_ERR_UNSUPPORTED;
@@ -535,22 +737,28 @@ duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_
     cpu_backend_t *cpu = calloc(1, sizeof *cpu);
     if (!cpu)
         return DUET_ERR_NOMEM;
-    duet_status_t st = duet_pool_create(c.n_threads ? c.n_threads : duet_cpu_count(), &cpu->pool);
+    duet_status_t st = duet_cpu_pool_create(c.n_threads ? c.n_threads : duet_cpu_count(), &cpu->pool);
     if (st != DUET_OK) {
         free(cpu);
         return st;
     }
-    cpu->ops = c.isa == DUET_CPU_ISA_AVX2 ? duet_cpu_ops_avx2() : &duet_cpu_ops_scalar;
+    cpu->ops = c.isa == DUET_CPU_ISA_SCALAR ? &duet_cpu_ops_scalar : duet_cpu_ops_avx2();
+    if (c.isa == DUET_CPU_ISA_AVX512 && duet_cpu_ops_avx512_fill(&cpu->ops_avx512))
+        cpu->ops = &cpu->ops_avx512;
+    if (c.isa == DUET_CPU_ISA_AVX512) {
+        cpu->qact = duet_cpu_qact_avx512();
+        cpu->qgemm = duet_cpu_qgemm_avx512();
+    }
     cpu->be = (duet_backend_t){
-        .name = c.isa == DUET_CPU_ISA_AVX2 ? "cpu-avx2" : "cpu-scalar",
+        .name = isa_name(c.isa),
         .ctx = cpu,
         .alloc = cpu_alloc,
         .free = cpu_free,
         .upload = cpu_copy,
         .download = cpu_copy,
         .synchronize = NULL,      /* every op is complete when it returns */
-        .prepare_weight = NULL,   /* matmul reads the GGUF rows as they are */
-        .release_weight = NULL,
+        .prepare_weight = cpu_prepare_weight,
+        .release_weight = cpu_release_weight,
         .embed = cpu_embed,
         .rmsnorm = cpu_rmsnorm,
         .matmul = cpu_matmul,

@@ -1,5 +1,5 @@
-/* kernels/cpu/cpu_backend.h — the CPU backend: scalar reference kernels, and AVX2/FMA kernels
- * chosen at run time when the CPU has them. */
+/* kernels/cpu/cpu_backend.h — the CPU backend: scalar reference kernels, AVX2/FMA kernels, and an
+ * AVX-512 VNNI integer matmul over repacked weights, chosen at run time from what the CPU has. */
 #ifndef DUET_KERNELS_CPU_BACKEND_H
 #define DUET_KERNELS_CPU_BACKEND_H
 
@@ -9,6 +9,8 @@ typedef enum {
     DUET_CPU_ISA_AUTO = 0,   /* the best this CPU supports */
     DUET_CPU_ISA_SCALAR,     /* plain C: the reference every vectorized kernel is tested against */
     DUET_CPU_ISA_AVX2,       /* AVX2 + FMA + F16C; refused on a CPU without them */
+    DUET_CPU_ISA_AVX512,     /* AVX2 kernels, plus block-type weights repacked at load and an
+                              * integer matmul with AVX-512 F/BW/VL + VNNI (16-bit activations) */
 } duet_cpu_isa_t;
 
 typedef struct {

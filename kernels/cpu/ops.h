@@ -1,5 +1,6 @@
 /* kernels/cpu/ops.h — the row-level inner kernels of the CPU backend (internal to kernels/cpu):
- * one table filled twice, by ops_scalar.c (plain C, the reference) and ops_avx2.c. */
+ * one table filled by ops_scalar.c (plain C, the reference) and ops_avx2.c, and for AVX-512 CPUs
+ * the AVX2 table with a few entries from ops_avx512.c. */
 #ifndef DUET_KERNELS_CPU_OPS_H
 #define DUET_KERNELS_CPU_OPS_H
 
@@ -22,6 +23,10 @@ typedef struct {
      * query rows (attention scores). */
     duet_cpu_dot_fn dot_f32, dot_f16, dot_bf16, dot_q8_0, dot_q4_0, dot_q4_1;
 
+    /* s[j] = dot(q[0..n), k[j * n + 0..n)) for j < nk (attention scores of one query row against
+     * a block of f32 K rows). Each s[j] is computed the same way whatever nk is. */
+    void  (*dot_rows)(float *s, const float *q, const float *k, int nk, int n);
+
     /* sum of x[i]^2 (rmsnorm). */
     float (*sum_sq)(const float *x, int n);
     /* out[i] = x[i] * s * w[i]; out may be x. */
@@ -32,6 +37,11 @@ typedef struct {
     float (*exp_shift_sum)(float *s, int n, float shift);
     /* acc[i] += a * f16 v[i] (attention: one V row into the output accumulator). */
     void  (*axpy_f16)(float *acc, float a, const uint16_t *v, int n);
+    /* acc[i] += p[j] * v[j * n + i] for j = 0 .. nv-1 in that order, i < n: the same sums as nv
+     * axpy calls (attention: a block of V rows, already f32, into one output accumulator). */
+    void  (*axpy_rows)(float *acc, const float *p, const float *v, int nv, int n);
+    /* dst[i] = src[i] as f32 (exact; attention converts each K/V block once). */
+    void  (*f16_to_f32)(float *dst, const uint16_t *src, int n);
     /* dst[i] = f16(src[i]), round to nearest even (kv_write). */
     void  (*f32_to_f16)(uint16_t *dst, const float *src, int n);
     /* Rotates pairs by angles whose cos/sin are given, half = rot_dim / 2 pairs:
@@ -47,5 +57,8 @@ extern const duet_cpu_ops_t duet_cpu_ops_scalar;
 /* The AVX2/FMA/F16C table, or NULL when this build has no such kernels (a non-x86 target). The
  * caller checks the CPU first. */
 const duet_cpu_ops_t *duet_cpu_ops_avx2(void);
+/* Fills *ops with the AVX2 table and the AVX-512 kernels over it (attention's dot_rows and
+ * axpy_rows); 0 when this build has none. The caller checks the CPU first. */
+int duet_cpu_ops_avx512_fill(duet_cpu_ops_t *ops);
 
 #endif

@@ -237,6 +237,53 @@ static void dot_q4_1(int k, const void *w, const float *x, size_t ldx, int nx, f
     dot_nx(1, BLOCK_Q4_1, k, w, x, ldx, nx, out, ldo);
 }
 
+/* ---- attention scores ----
+ * Eight K rows at a time, each into its own accumulator, then one transposing reduction (hadd
+ * tree) gives the eight sums in one register instead of eight horizontal sums. A lone row is
+ * reduced in the very same lane order, so s[j] does not depend on which path it took. */
+
+INLINE float lanes_sum(__m256 v)  /* ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)) */
+{
+    __m256 h = _mm256_hadd_ps(v, v);
+    h = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
+static void dot_rows(float *s, const float *q, const float *k, int nk, int n)
+{
+    int n8 = n & ~7, j = 0;
+    for (; j + 8 <= nk; j += 8) {
+        const float *kj = k + (size_t)j * n;
+        __m256 a[8];
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < 8; r++)
+            a[r] = _mm256_setzero_ps();
+        for (int i = 0; i < n8; i += 8) {
+            __m256 qv = _mm256_loadu_ps(q + i);
+            _Pragma("GCC unroll 8")
+            for (int r = 0; r < 8; r++)
+                a[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + (size_t)r * n + i), a[r]);
+        }
+        __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+        __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+        __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+        __m256 lo = _mm256_permute2f128_ps(h0123, h4567, 0x20), hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
+        _mm256_storeu_ps(s + j, _mm256_add_ps(lo, hi));
+        for (int r = 0; r < 8 && n8 < n; r++)
+            for (int i = n8; i < n; i++)
+                s[j + r] += q[i] * kj[(size_t)r * n + i];
+    }
+    for (; j < nk; j++) {
+        const float *kj = k + (size_t)j * n;
+        __m256 a = _mm256_setzero_ps();
+        for (int i = 0; i < n8; i += 8)
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kj + i), a);
+        s[j] = lanes_sum(a);
+        for (int i = n8; i < n; i++)
+            s[j] += q[i] * kj[i];
+    }
+}
+
 /* ---- elementwise and row kernels; each ends with a scalar tail for n % 8 ---- */
 
 static float sum_sq(const float *x, int n)
@@ -306,6 +353,47 @@ static void axpy_f16(float *acc, float a, const uint16_t *v, int n)
     }
     for (; i < n; i++)
         acc[i] += a * _cvtsh_ss(v[i]);
+}
+
+/* Up to 32 outputs stay in registers while the V rows stream past; each output still sees the
+ * rows in order, one FMA each, as axpy would do. */
+static void axpy_rows(float *acc, const float *p, const float *v, int nv, int n)
+{
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_loadu_ps(acc + i + 8);
+        __m256 a2 = _mm256_loadu_ps(acc + i + 16), a3 = _mm256_loadu_ps(acc + i + 24);
+        for (int j = 0; j < nv; j++) {
+            const float *vj = v + (size_t)j * n + i;
+            __m256 pj = _mm256_set1_ps(p[j]);
+            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);
+            a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
+        }
+        _mm256_storeu_ps(acc + i, a0);
+        _mm256_storeu_ps(acc + i + 8, a1);
+        _mm256_storeu_ps(acc + i + 16, a2);
+        _mm256_storeu_ps(acc + i + 24, a3);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 a0 = _mm256_loadu_ps(acc + i);
+        for (int j = 0; j < nv; j++)
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + (size_t)j * n + i), a0);
+        _mm256_storeu_ps(acc + i, a0);
+    }
+    for (; i < n; i++)
+        for (int j = 0; j < nv; j++)
+            acc[i] += p[j] * v[(size_t)j * n + i];
+}
+
+static void f16_to_f32(float *dst, const uint16_t *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++)
+        dst[i] = _cvtsh_ss(src[i]);
 }
 
 /* F16C rounds to nearest even, as duet_fp32_to_fp16 does, so both paths store the same bits. */
@@ -383,11 +471,14 @@ static const duet_cpu_ops_t ops_avx2 = {
     .dot_q8_0 = dot_q8_0,
     .dot_q4_0 = dot_q4_0,
     .dot_q4_1 = dot_q4_1,
+    .dot_rows = dot_rows,
     .sum_sq = sum_sq,
     .scale_mul = scale_mul,
     .scale = scale,
     .exp_shift_sum = exp_shift_sum,
     .axpy_f16 = axpy_f16,
+    .axpy_rows = axpy_rows,
+    .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
     .rope_row = rope_row,
     .silu_mul = silu_mul,

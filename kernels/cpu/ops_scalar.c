@@ -106,6 +106,12 @@ static void dot_q4_1(int k, const void *w_row, const float *x, size_t ldx, int n
     }
 }
 
+static void dot_rows(float *s, const float *q, const float *k, int nk, int n)
+{
+    for (int j = 0; j < nk; j++)
+        dot_f32(n, k + (size_t)j * n, q, 0, 1, s + j, 0);
+}
+
 /* In double: the reference should not lose precision on long rows. */
 static float sum_sq(const float *x, int n)
 {
@@ -141,6 +147,19 @@ static void axpy_f16(float *acc, float a, const uint16_t *v, int n)
 {
     for (int i = 0; i < n; i++)
         acc[i] += a * duet_fp16_to_fp32(v[i]);
+}
+
+static void axpy_rows(float *acc, const float *p, const float *v, int nv, int n)
+{
+    for (int j = 0; j < nv; j++)
+        for (int i = 0; i < n; i++)
+            acc[i] += p[j] * v[(size_t)j * n + i];
+}
+
+static void f16_to_f32(float *dst, const uint16_t *src, int n)
+{
+    for (int i = 0; i < n; i++)
+        dst[i] = duet_fp16_to_fp32(src[i]);
 }
 
 static void f32_to_f16(uint16_t *dst, const float *src, int n)
@@ -180,11 +199,14 @@ const duet_cpu_ops_t duet_cpu_ops_scalar = {
     .dot_q8_0 = dot_q8_0,
     .dot_q4_0 = dot_q4_0,
     .dot_q4_1 = dot_q4_1,
+    .dot_rows = dot_rows,
     .sum_sq = sum_sq,
     .scale_mul = scale_mul,
     .scale = scale,
     .exp_shift_sum = exp_shift_sum,
     .axpy_f16 = axpy_f16,
+    .axpy_rows = axpy_rows,
+    .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
     .rope_row = rope_row,
     .silu_mul = silu_mul,

@@ -1,6 +1,8 @@
 /* tests/unit/test_kernels.c — the CPU backend: every op of backend.h run by the AVX2 kernels and by
  * the scalar reference on odd shapes and compared, the reference checked against naive double
- * precision code written here, and the reference quantizers checked for layout and error bounds. */
+ * precision code written here, the reference quantizers checked for layout and error bounds, and
+ * the integer matmul over packed weights (AVX-512 VNNI) checked bit for bit against its plain C
+ * reference, which is checked against double precision. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -8,10 +10,16 @@
 #include <string.h>
 
 #include "check.h"
+#include <stdatomic.h>
+
 #include "cpu/cpu_backend.h"
+#include "cpu/cpu_pool.h"
+#include "cpu/ops.h"
+#include "cpu/qmatmul.h"
 #include "quant.h"
 
 static duet_backend_t *be_scalar, *be_avx2;  /* be_avx2 is NULL on a CPU without AVX2 */
+static duet_backend_t *be_avx512;            /* NULL on a CPU without AVX-512 VNNI */
 
 /* ---- helpers ---- */
 
@@ -74,7 +82,9 @@ static void test_backend_create(void)
     duet_backend_t *be = NULL;
     CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 2, .isa = DUET_CPU_ISA_AUTO}, &be),
                  DUET_OK);
-    CHECK(be && strcmp(be->name, duet_cpu_isa_supported(DUET_CPU_ISA_AVX2) ? "cpu-avx2" : "cpu-scalar") == 0);
+    CHECK(be && strcmp(be->name, duet_cpu_isa_supported(DUET_CPU_ISA_AVX512) ? "cpu-avx512"
+                               : duet_cpu_isa_supported(DUET_CPU_ISA_AVX2)   ? "cpu-avx2"
+                                                                             : "cpu-scalar") == 0);
     CHECK(be->alloc && be->free && be->upload && be->download && be->embed && be->rmsnorm &&
           be->matmul && be->rope && be->kv_write && be->attn_prefill && be->attn_decode &&
           be->swiglu && be->add && be->destroy);
@@ -317,6 +327,297 @@ static void test_matmul(void)
                 free_weight(&tw);
             }
     CHECK_MSG(failed == 0, "%d of %d matmul cases out of tolerance", failed, cases);
+}
+
+/* ---- integer matmul over packed weights ---- */
+
+/* Activations for the integer path: mostly uniform, with a zero block, a block of tiny values and
+ * a block with one large outlier, so the per-block scales range widely. */
+static void fill_act(float *x, int n, int cols)
+{
+    fill_rand(x, (size_t)n * cols, -1.0f, 1.0f);
+    for (int i = 0; i < n; i++) {
+        float *row = x + (size_t)i * cols;
+        int nb = cols / DUET_QK;
+        if (nb > 1)
+            memset(row + DUET_QK, 0, DUET_QK * sizeof *row);
+        if (nb > 2)
+            for (int j = 0; j < DUET_QK; j++)
+                row[2 * DUET_QK + j] *= 1e-6f;
+        row[(i * 7) % cols] = 300.0f * (i % 2 ? -1.0f : 1.0f);
+    }
+}
+
+/* The plain C reference (quantize, then the packed group kernel) against double precision on the
+ * dequantized weights: within f32 accumulation error plus the activation rounding, which is at most
+ * half a step, amax / (2 * 32639), per value of each block. The AVX-512 kernels must then give
+ * exactly the reference's quantized bytes and outputs, for every tile shape, token count (1..5,
+ * 17, and 70, past one 64-token chunk), row tail (rows not a multiple of 16) and group range. */
+static void test_qmatmul(void)
+{
+    static const uint32_t types[] = {DUET_TYPE_Q8_0, DUET_TYPE_Q4_0, DUET_TYPE_Q4_1};
+    static const int cols_list[] = {32, 96, 576, 1536};
+    static const int rows_list[] = {1, 7, 16, 33, 192};
+    static const int n_list[] = {1, 2, 3, 4, 5, 17, 70};
+    duet_cpu_qact_fn qact = duet_cpu_isa_supported(DUET_CPU_ISA_AVX512) ? duet_cpu_qact_avx512() : NULL;
+    duet_cpu_qgemm_fn qgemm = qact ? duet_cpu_qgemm_avx512() : NULL;
+    if (!qact)
+        fprintf(stderr, "  (no AVX-512 VNNI on this CPU: only the reference is checked)\n");
+    int cases = 0, failed = 0;
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t ci = 0; ci < 4; ci++)
+            for (size_t ri = 0; ri < 5; ri++) {
+                uint32_t type = types[ti];
+                int cols = cols_list[ci], rows = rows_list[ri];
+                test_weight_t tw = make_weight(type, rows, cols);
+                duet_cpu_packed_t *p = NULL;
+                CHECK_EQ_INT(duet_cpu_pack(&tw.w, &p), DUET_OK);
+                if (!p) {
+                    free_weight(&tw);
+                    continue;
+                }
+                float *bias = xmalloc((size_t)rows * sizeof *bias);
+                fill_rand(bias, rows, -2.0f, 2.0f);
+                size_t arb = duet_qact_row_bytes(cols);
+                for (size_t ni = 0; ni < 7; ni++) {
+                    int n = n_list[ni];
+                    const float *b = ni % 2 ? bias : NULL;
+                    size_t no = (size_t)n * rows;
+                    float *x = xmalloc((size_t)n * cols * sizeof *x);
+                    uint8_t *ar = xmalloc(n * arb), *av = xmalloc(n * arb);
+                    float *ref = xmalloc(no * sizeof *ref), *os = xmalloc(no * sizeof *os);
+                    float *ov = xmalloc(no * sizeof *ov);
+                    fill_act(x, n, cols);
+                    memset(ar, 0, n * arb);
+                    memset(av, 0, n * arb);
+                    for (int i = 0; i < n; i++)
+                        duet_cpu_qact_ref(x + (size_t)i * cols, cols, ar + i * arb);
+                    duet_cpu_qgemm_ref(p, 0, p->groups, ar, n, b, os, (size_t)rows);
+                    double worst = 0;
+                    for (int i = 0; i < n; i++)
+                        for (int r = 0; r < rows; r++) {
+                            const float *xi = x + (size_t)i * cols;
+                            const float *wr = tw.deq + (size_t)r * cols;
+                            double sum = b ? b[r] : 0.0, mag = 0.0, qerr = 0.0;
+                            for (int c0 = 0; c0 < cols; c0 += DUET_QK) {
+                                double amax = 0, wabs = 0;
+                                for (int c = c0; c < c0 + DUET_QK; c++) {
+                                    sum += (double)wr[c] * xi[c];
+                                    mag += fabs((double)wr[c] * xi[c]);
+                                    amax = fmax(amax, fabs(xi[c]));
+                                    wabs += fabs(wr[c]);
+                                }
+                                qerr += wabs * amax / (2.0 * DUET_QM_QMAX) * 1.01;
+                            }
+                            double tol = 5e-6 * mag + qerr + 1e-6;
+                            double e = fabs((double)os[(size_t)i * rows + r] - sum) / tol;
+                            worst = e > worst || isnan(e) ? e : worst;
+                        }
+                    int exact = 1;
+                    if (qact) {
+                        for (int i = 0; i < n; i++)
+                            qact(x + (size_t)i * cols, cols, av + i * arb);
+                        exact &= memcmp(ar, av, n * arb) == 0;
+                        /* Two calls over a split of the groups, as two threads would make. */
+                        int half = p->groups / 2;
+                        qgemm(p, 0, half, av, n, b, ov, (size_t)rows);
+                        qgemm(p, half, p->groups, av, n, b, ov, (size_t)rows);
+                        exact &= memcmp(os, ov, no * sizeof *os) == 0;
+                        /* Each token alone gives the same bits as in the batch. */
+                        for (int i = 0; i < n && exact; i += 3) {
+                            qgemm(p, 0, p->groups, av + i * arb, 1, b, ov, (size_t)rows);
+                            exact &= memcmp(os + (size_t)i * rows, ov, (size_t)rows * sizeof *ov) == 0;
+                        }
+                    }
+                    cases++;
+                    if (!(worst <= 1.0) || !exact) {
+                        failed++;
+                        fprintf(stderr, "  qmatmul %s rows %d cols %d n %d: reference/double %.3g of tolerance, avx512 %s\n",
+                                type_name(type), rows, cols, n, worst, exact ? "exact" : "DIFFERS");
+                    }
+                    free(x);
+                    free(ar);
+                    free(av);
+                    free(ref);
+                    free(os);
+                    free(ov);
+                }
+                free(bias);
+                duet_cpu_packed_free(p);
+                free_weight(&tw);
+            }
+    CHECK_MSG(failed == 0, "%d of %d qmatmul cases wrong", failed, cases);
+    /* Types without a packed form are refused. */
+    test_weight_t tw = make_weight(DUET_TYPE_F16, 4, 32);
+    duet_cpu_packed_t *p = NULL;
+    CHECK_EQ_INT(duet_cpu_pack(&tw.w, &p), DUET_ERR_INVALID);
+    free_weight(&tw);
+}
+
+/* The AVX-512 backend end to end: prepare_weight packs the block types (and leaves the others as
+ * they are), matmul then runs the packed path on the pool, and release_weight frees the copy.
+ * Outputs match the scalar backend within f32 error plus the activation rounding. */
+static void test_matmul_packed(void)
+{
+    if (!be_avx512)
+        return;
+    static const int n_list[] = {1, 4, 5, 33};
+    int cases = 0, failed = 0;
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        uint32_t type = all_types[ti];
+        test_weight_t tw = make_weight(type, 200, 576);
+        CHECK_EQ_INT(be_avx512->prepare_weight(be_avx512, &tw.w), DUET_OK);
+        CHECK_MSG((tw.w.packed != NULL) == duet_cpu_packable(type), "%s packed", type_name(type));
+        for (size_t ni = 0; ni < 4; ni++) {
+            int n = n_list[ni];
+            size_t no = (size_t)n * 200;
+            float *x = xmalloc((size_t)n * 576 * sizeof *x);
+            float *os = xmalloc(no * sizeof *os), *oa = xmalloc(no * sizeof *oa);
+            fill_act(x, n, 576);
+            be_scalar->matmul(be_scalar, &tw.w, NULL, x, n, os);
+            be_avx512->matmul(be_avx512, &tw.w, NULL, x, n, oa);
+            double worst = 0;
+            for (int i = 0; i < n; i++)
+                for (int r = 0; r < 200; r++) {
+                    double mag = 0, qerr = 0;
+                    for (int c0 = 0; c0 < 576; c0 += DUET_QK) {
+                        double amax = 0, wabs = 0;
+                        for (int c = c0; c < c0 + DUET_QK; c++) {
+                            double xv = x[(size_t)i * 576 + c], wv = tw.deq[(size_t)r * 576 + c];
+                            mag += fabs(xv * wv);
+                            amax = fmax(amax, fabs(xv));
+                            wabs += fabs(wv);
+                        }
+                        qerr += wabs * amax / (2.0 * DUET_QM_QMAX) * 1.01;
+                    }
+                    size_t k = (size_t)i * 200 + r;
+                    double e = fabs((double)oa[k] - os[k]) / (1e-5 * mag + qerr + 2e-6);
+                    worst = e > worst || isnan(e) ? e : worst;
+                }
+            cases++;
+            if (!(worst <= 1.0)) {
+                failed++;
+                fprintf(stderr, "  packed matmul %s n %d: %.3g of tolerance\n", type_name(type), n, worst);
+            }
+            free(x);
+            free(os);
+            free(oa);
+        }
+        if (tw.w.packed)
+            be_avx512->release_weight(be_avx512, &tw.w);
+        CHECK(tw.w.packed == NULL);
+        free_weight(&tw);
+    }
+    CHECK_MSG(failed == 0, "%d of %d packed matmul cases out of tolerance", failed, cases);
+}
+
+/* ---- the backend's pool and the attention score kernel ---- */
+
+typedef struct {
+    atomic_int next;
+    int n;
+    atomic_int *hits;   /* [n] times each item was done */
+    atomic_int done;    /* set once the run has returned: the task must never be entered again */
+} pool_task_t;
+
+static atomic_int late_entries;  /* tasks entered after their run returned */
+
+static void pool_task(void *arg)
+{
+    pool_task_t *t = arg;
+    if (atomic_load(&t->done))
+        atomic_fetch_add(&late_entries, 1);
+    for (int i; (i = atomic_fetch_add(&t->next, 1)) < t->n;)
+        atomic_fetch_add(&t->hits[i], 1);
+}
+
+/* Every item of every run is done exactly once, by however many threads join, over many short
+ * runs in a row (the close/join handshake) and with more threads than CPUs; and no task is
+ * entered after its run has returned (a worker that saw an old run late must stay out). Each
+ * run's task is a distinct struct, kept and marked done afterwards, so a late entry is seen. */
+static void test_cpu_pool(void)
+{
+    enum { N = 257, RUNS = 50000 };
+    static atomic_int hits[N];
+    pool_task_t *tasks = xmalloc(RUNS * sizeof *tasks);
+    duet_cpu_pool_t *pool = NULL;
+    CHECK_EQ_INT(duet_cpu_pool_create(5, &pool), DUET_OK);
+    CHECK_EQ_INT(duet_cpu_pool_size(pool), 5);
+    atomic_init(&late_entries, 0);
+    int bad = 0;
+    for (int r = 0; r < RUNS; r++) {
+        int n = r % 7 == 0 ? N : r % 5;
+        for (int i = 0; i < n; i++)
+            atomic_init(&hits[i], 0);
+        pool_task_t *t = &tasks[r];
+        t->n = n;
+        t->hits = hits;
+        atomic_init(&t->next, 0);
+        atomic_init(&t->done, 0);
+        duet_cpu_pool_run(pool, pool_task, t);
+        atomic_store(&t->done, 1);
+        for (int i = 0; i < n; i++)
+            bad += atomic_load(&hits[i]) != 1;
+    }
+    CHECK_MSG(bad == 0, "%d items not done exactly once", bad);
+    CHECK_MSG(atomic_load(&late_entries) == 0, "%d tasks entered after their run returned",
+              atomic_load(&late_entries));
+    duet_cpu_pool_destroy(pool);
+    free(tasks);
+    CHECK_EQ_INT(duet_cpu_pool_create(0, &pool), DUET_ERR_INVALID);
+}
+
+/* dot_rows and axpy_rows, the attention kernels: the AVX2 and AVX-512 tables against the scalar
+ * one on odd lengths and key counts; each score bit-identical whether its row came in a group of
+ * eight or alone (nk decides the path); the vector axpy_rows tables bit-identical to each other
+ * (one FMA per row, in row order, in both). */
+static void test_attn_rows(void)
+{
+    duet_cpu_ops_t avx512;
+    const duet_cpu_ops_t *tables[2] = {
+        be_avx2 ? duet_cpu_ops_avx2() : NULL,
+        be_avx512 && duet_cpu_ops_avx512_fill(&avx512) ? &avx512 : NULL,
+    };
+    static const int n_list[] = {64, 1, 7, 8, 16, 40, 100, 128, 256};
+    int bad = 0, unstable = 0, axpy_bad = 0, axpy_differ = 0;
+    float q[256], k[16 * 256], s_ref[16], s_a[16], s_b[16];
+    float acc0[256], acc_ref[256], acc_t[2][256], p[16];
+    for (size_t ni = 0; ni < sizeof n_list / sizeof n_list[0]; ni++) {
+        int n = n_list[ni];
+        fill_rand(q, (size_t)n, -2.0f, 2.0f);
+        fill_rand(k, (size_t)16 * n, -2.0f, 2.0f);
+        fill_rand(acc0, (size_t)n, -2.0f, 2.0f);
+        fill_rand(p, 16, 0.0f, 1.0f);
+        for (int nk = 1; nk <= 16; nk++) {
+            duet_cpu_ops_scalar.dot_rows(s_ref, q, k, nk, n);
+            memcpy(acc_ref, acc0, (size_t)n * sizeof *acc_ref);
+            duet_cpu_ops_scalar.axpy_rows(acc_ref, p, k, nk, n);
+            for (int ti = 0; ti < 2; ti++) {
+                const duet_cpu_ops_t *ops = tables[ti];
+                if (!ops)
+                    continue;
+                ops->dot_rows(s_a, q, k, nk, n);
+                for (int j = 0; j < nk; j++) {
+                    double mag = 0;
+                    for (int i = 0; i < n; i++)
+                        mag += fabs((double)q[i] * k[(size_t)j * n + i]);
+                    bad += fabs((double)s_a[j] - s_ref[j]) > 2e-6 * mag + 1e-6;
+                    ops->dot_rows(s_b, q, k + (size_t)j * n, 1, n);
+                    unstable += memcmp(&s_a[j], &s_b[0], sizeof(float)) != 0;
+                }
+                memcpy(acc_t[ti], acc0, (size_t)n * sizeof *acc0);
+                ops->axpy_rows(acc_t[ti], p, k, nk, n);
+                for (int i = 0; i < n; i++)
+                    axpy_bad += fabs((double)acc_t[ti][i] - acc_ref[i]) > 1e-5 * (1 + fabs(acc_ref[i]));
+            }
+            if (tables[0] && tables[1])
+                axpy_differ += memcmp(acc_t[0], acc_t[1], (size_t)n * sizeof(float)) != 0;
+        }
+    }
+    CHECK_MSG(bad == 0, "%d dot_rows scores out of tolerance", bad);
+    CHECK_MSG(unstable == 0, "%d dot_rows scores depend on nk", unstable);
+    CHECK_MSG(axpy_bad == 0, "%d axpy_rows outputs out of tolerance", axpy_bad);
+    CHECK_MSG(axpy_differ == 0, "%d axpy_rows cases differ between AVX2 and AVX-512", axpy_differ);
 }
 
 /* ---- embed ---- */
@@ -715,11 +1016,21 @@ int main(void)
         CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.isa = DUET_CPU_ISA_AVX2}, &be),
                      DUET_ERR_UNSUPPORTED);
     }
+    if (duet_cpu_isa_supported(DUET_CPU_ISA_AVX512))
+        CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 2, .isa = DUET_CPU_ISA_AVX512},
+                                             &be_avx512), DUET_OK);
+    else
+        fprintf(stderr, "\n*** THIS CPU HAS NO AVX-512 VNNI: the integer matmul kernels are NOT tested, "
+                        "only their reference ***\n\n");
     RUN_TEST(test_backend_create);
     RUN_TEST(test_quant_layout);
     RUN_TEST(test_quant_roundtrip);
     RUN_TEST(test_embed);
     RUN_TEST(test_matmul);
+    RUN_TEST(test_qmatmul);
+    RUN_TEST(test_matmul_packed);
+    RUN_TEST(test_cpu_pool);
+    RUN_TEST(test_attn_rows);
     RUN_TEST(test_rmsnorm);
     RUN_TEST(test_rope);
     RUN_TEST(test_kv_write);
@@ -728,5 +1039,7 @@ int main(void)
     be_scalar->destroy(be_scalar);
     if (be_avx2)
         be_avx2->destroy(be_avx2);
+    if (be_avx512)
+        be_avx512->destroy(be_avx512);
     return check_report();
 }

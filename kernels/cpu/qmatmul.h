@@ -1,0 +1,86 @@
+/* kernels/cpu/qmatmul.h — the integer matmul of the CPU backend (internal to kernels/cpu): block-type
+ * weights repacked at load, 16 rows interleaved, against activations quantized once per matmul.
+ *
+ * Activations are quantized per block of 32 to 16-bit integers q (|q| <= 32639, x ~ d * q) and
+ * each q is split into two signed bytes, q = 256 * hi + lo, so that an unsigned-by-signed byte
+ * dot product instruction (VNNI vpdpbusd) runs them against unsigned weight bytes at full
+ * 16-bit accuracy. 8-bit activations (one byte per value) would be twice as fast in prefill but
+ * move the default model's top-5 logits by up to 1.4 (tests/reference/README.md); 16 bits keep
+ * them within a few thousandths of the f32 result.
+ *
+ * Weights become unsigned bytes: Q4_0 and Q4_1 keep their nibbles q (0..15), Q8_0 stores q + 128.
+ * With S = sum of the 32 activation integers of a block, per row and block:
+ *   Q8_0: d_w d_x (sum u q_x - 128 S)     Q4_0: d_w d_x (sum u q_x - 8 S)
+ *   Q4_1: d_w d_x sum u q_x + m_w d_x S
+ * Integer sums are exact, so the result of a row for a token does not depend on how tokens or
+ * rows are tiled: the float steps per (row, token) are the same in every kernel, block by block. */
+#ifndef DUET_KERNELS_CPU_QMATMUL_H
+#define DUET_KERNELS_CPU_QMATMUL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../lib/base/status.h"
+#include "../backend.h"
+
+#define DUET_QM_ROWS 16     /* rows per interleaved group: one int32 lane each in 512 bits */
+#define DUET_QM_QMAX 32639  /* largest |q| of an activation: 127 * 256 + 127 splits into bytes */
+
+/* A repacked weight. Group g (rows 16g .. 16g+15, missing rows of the last group are zero) is
+ * contiguous and starts on a 64-byte boundary: first quants[nb][qbytes], then scales[nb][sbytes].
+ *   quants of a block, Q8_0: [8 chunks][16 rows][4 bytes], chunk c = elements 4c .. 4c+3;
+ *                      Q4_*: [4][16 rows][4 bytes], the low nibble of byte j of (k, row) is
+ *                            element 8k + j, the high nibble element 8k + 4 + j;
+ *   scales of a block: f16 d[16] (Q4_1: then f16 m[16]). */
+typedef struct {
+    uint32_t type;      /* DUET_TYPE_Q8_0, Q4_0 or Q4_1 */
+    int rows, cols;
+    int groups;         /* ceil(rows / 16) */
+    int nb;             /* blocks of 32 per row */
+    int qbytes;         /* 512 (Q8_0) or 256 */
+    int sbytes;         /* 32, or 64 for Q4_1 */
+    size_t group_bytes; /* nb * (qbytes + sbytes), rounded up to 64 */
+    uint8_t *data;      /* [groups][group_bytes], 64-byte aligned */
+} duet_cpu_packed_t;
+
+/* Whether a weight type has a packed form. */
+int duet_cpu_packable(uint32_t type);
+/* Repacks w (rows as in the GGUF file); *p_out is freed with duet_cpu_packed_free. */
+duet_status_t duet_cpu_pack(const duet_weight_t *w, duet_cpu_packed_t **p_out);
+void duet_cpu_packed_free(duet_cpu_packed_t *p);
+
+/* One quantized activation row of k values (k a multiple of 32), nb = k / 32 blocks:
+ *   int8 q[nb][64]   hi bytes of the block's 32 values, then the lo bytes
+ *   float d[nb]      the scale, x ~ d * (256 hi + lo)
+ *   float ds[nb]     d * S
+ *   int32 sum[nb]    S, the sum of the block's 32 integers
+ * padded to 64 bytes. */
+static inline size_t duet_qact_row_bytes(int k)
+{
+    size_t nb = (size_t)k / 32;
+    return (nb * 64 + nb * 12 + 63) & ~(size_t)63;
+}
+
+static inline const float *duet_qact_d(const void *row, int nb)
+{
+    return (const float *)((const uint8_t *)row + (size_t)nb * 64);
+}
+
+/* Quantizes one activation row into dst (duet_qact_row_bytes(k) bytes). */
+typedef void (*duet_cpu_qact_fn)(const float *x, int k, void *dst);
+
+/* out[t * ldo + r] = row r of w times activation row t (+ bias[r] when bias is not NULL) for the
+ * rows of groups g0 .. g1-1 and tokens t < n; act holds n rows of duet_qact_row_bytes(w->cols). */
+typedef void (*duet_cpu_qgemm_fn)(const duet_cpu_packed_t *w, int g0, int g1, const void *act,
+                                  int n, const float *bias, float *out, size_t ldo);
+
+/* The plain C versions: the reference the vectorized ones must match bit for bit. */
+void duet_cpu_qact_ref(const float *x, int k, void *dst);
+void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int n,
+                        const float *bias, float *out, size_t ldo);
+
+/* The AVX-512 VNNI versions, or NULL when this build has none (the caller checks the CPU). */
+duet_cpu_qact_fn  duet_cpu_qact_avx512(void);
+duet_cpu_qgemm_fn duet_cpu_qgemm_avx512(void);
+
+#endif

@@ -1,0 +1,220 @@
+/* kernels/cpu/qmatmul_avx512.c — the integer matmul with AVX-512 (F, BW, VL) and VNNI: activation
+ * quantization and the 16-row group kernel of qmatmul.h (this file alone is built with those
+ * flags; cpu_backend.c calls it only after checking the CPU). */
+#include "qmatmul.h"
+
+#include <string.h>
+
+#include "../dtype.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Tokens per tile: 3 accumulators each (hi, lo, float) stay in registers with the weights. */
+#define TILE_T 4
+/* Tokens whose activations one pass over a thread's row groups reuses from cache. */
+#define TOKEN_CHUNK 64
+
+static void qact(const float *x, int k, void *dst)
+{
+    int nb = k / 32;
+    int8_t *q = dst;
+    float *d = (float *)((uint8_t *)dst + (size_t)nb * 64), *ds = d + nb;
+    int32_t *sum = (int32_t *)(ds + nb);
+    const __m512i qmax = _mm512_set1_epi32(DUET_QM_QMAX), qmin = _mm512_set1_epi32(-DUET_QM_QMAX);
+    const __m512i c128 = _mm512_set1_epi32(128), c255 = _mm512_set1_epi32(255);
+    for (int b = 0; b < nb; b++, x += 32) {
+        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        float id = amax > 0.0f ? (float)DUET_QM_QMAX / amax : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        /* cvtps rounds to nearest even under the default MXCSR, as lrintf does in the reference. */
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, qmax), qmin);
+        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, qmax), qmin);
+        __m512i lo0 = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q0, c128), c255), c128);
+        __m512i lo1 = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q1, c128), c255), c128);
+        __m512i hi0 = _mm512_srai_epi32(_mm512_sub_epi32(q0, lo0), 8);
+        __m512i hi1 = _mm512_srai_epi32(_mm512_sub_epi32(q1, lo1), 8);
+        _mm_storeu_si128((__m128i *)(q + b * 64), _mm512_cvtepi32_epi8(hi0));
+        _mm_storeu_si128((__m128i *)(q + b * 64 + 16), _mm512_cvtepi32_epi8(hi1));
+        _mm_storeu_si128((__m128i *)(q + b * 64 + 32), _mm512_cvtepi32_epi8(lo0));
+        _mm_storeu_si128((__m128i *)(q + b * 64 + 48), _mm512_cvtepi32_epi8(lo1));
+        int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        d[b] = amax / (float)DUET_QM_QMAX;
+        ds[b] = d[b] * (float)s;
+        sum[b] = s;
+    }
+}
+
+/* Four activation bytes broadcast to every 32-bit lane. */
+INLINE __m512i bcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+INLINE void store_rows(__m512 v, const float *bias, float *out, int row0, int rows)
+{
+    int live = rows - row0 < 16 ? rows - row0 : 16;
+    __mmask16 m = (__mmask16)((1u << live) - 1);
+    if (bias)
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + row0));
+    _mm512_mask_storeu_ps(out + row0, m, v);
+}
+
+enum { KIND_Q8_0, KIND_Q4_0, KIND_Q4_1 };
+
+/* One row group against T tokens over every block; token t's 16 results go to out[t * ldo +
+ * row0 ..] (+ bias). a[t] points at token t's quantized row. The accumulators never leave
+ * registers (returning them through memory made GCC keep them there). With one token, the hi and lo sums each run as two
+ * chains (even and odd chunks) so the VNNI latency overlaps; integer sums are exact, so this
+ * changes nothing in the result. */
+INLINE void group_tile(int kind, int T, const uint8_t *gq, int nb, const int8_t *const *a,
+                       const float *bias, float *out, size_t ldo, int row0, int rows)
+{
+    __m512 facc[TILE_T];
+    const int qbytes = kind == KIND_Q8_0 ? 512 : 256;
+    const int sbytes = kind == KIND_Q4_1 ? 64 : 32;
+    const int32_t off = kind == KIND_Q8_0 ? 128 : kind == KIND_Q4_0 ? 8 : 0;
+    const uint16_t *gs = (const uint16_t *)(gq + (size_t)nb * qbytes);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const float *ad[TILE_T], *ads[TILE_T];
+    const int32_t *asum[TILE_T];
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < T; t++) {
+        ad[t] = duet_qact_d(a[t], nb);
+        ads[t] = ad[t] + nb;
+        asum[t] = (const int32_t *)(ads[t] + nb);
+        facc[t] = _mm512_setzero_ps();
+    }
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *bq = gq + (size_t)b * qbytes;
+        __m512i ah[TILE_T], al[TILE_T], ah2 = _mm512_setzero_si512(), al2 = _mm512_setzero_si512();
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < T; t++) {
+            ah[t] = _mm512_setzero_si512();
+            al[t] = _mm512_set1_epi32(-off * asum[t][b]);
+        }
+        if (kind == KIND_Q8_0) {
+            _Pragma("GCC unroll 8")
+            for (int c = 0; c < 8; c++) {
+                __m512i w = _mm512_load_si512((const void *)(bq + 64 * c));
+                _Pragma("GCC unroll 4")
+                for (int t = 0; t < T; t++) {
+                    const int8_t *x = a[t] + (size_t)b * 64;
+                    if (T == 1 && (c & 1)) {
+                        ah2 = _mm512_dpbusd_epi32(ah2, w, bcast4(x + 4 * c));
+                        al2 = _mm512_dpbusd_epi32(al2, w, bcast4(x + 32 + 4 * c));
+                    } else {
+                        ah[t] = _mm512_dpbusd_epi32(ah[t], w, bcast4(x + 4 * c));
+                        al[t] = _mm512_dpbusd_epi32(al[t], w, bcast4(x + 32 + 4 * c));
+                    }
+                }
+            }
+        } else {
+            _Pragma("GCC unroll 4")
+            for (int k = 0; k < 4; k++) {
+                __m512i raw = _mm512_load_si512((const void *)(bq + 64 * k));
+                __m512i w0 = _mm512_and_si512(raw, m4);
+                __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                _Pragma("GCC unroll 4")
+                for (int t = 0; t < T; t++) {
+                    const int8_t *x = a[t] + (size_t)b * 64 + 8 * k;
+                    ah[t] = _mm512_dpbusd_epi32(ah[t], w0, bcast4(x));
+                    al[t] = _mm512_dpbusd_epi32(al[t], w0, bcast4(x + 32));
+                    if (T == 1) {
+                        ah2 = _mm512_dpbusd_epi32(ah2, w1, bcast4(x + 4));
+                        al2 = _mm512_dpbusd_epi32(al2, w1, bcast4(x + 36));
+                    } else {
+                        ah[t] = _mm512_dpbusd_epi32(ah[t], w1, bcast4(x + 4));
+                        al[t] = _mm512_dpbusd_epi32(al[t], w1, bcast4(x + 36));
+                    }
+                }
+            }
+        }
+        if (T == 1) {
+            ah[0] = _mm512_add_epi32(ah[0], ah2);
+            al[0] = _mm512_add_epi32(al[0], al2);
+        }
+        const uint16_t *bs = gs + (size_t)b * (sbytes / 2);
+        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)bs));
+        __m512 mw = kind == KIND_Q4_1 ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(bs + 16)))
+                                      : _mm512_setzero_ps();
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < T; t++) {
+            __m512i i = _mm512_add_epi32(_mm512_slli_epi32(ah[t], 8), al[t]);
+            __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(ad[t][b]));
+            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s, facc[t]);
+            if (kind == KIND_Q4_1)
+                facc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(ads[t][b]), facc[t]);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < T; t++)
+        store_rows(facc[t], bias, out + (size_t)t * ldo, row0, rows);
+}
+
+INLINE void qgemm_kind(int kind, const duet_cpu_packed_t *w, int g0, int g1, const void *act, int n,
+                       const float *bias, float *out, size_t ldo)
+{
+    size_t arb = duet_qact_row_bytes(w->cols);
+    for (int c0 = 0; c0 < n; c0 += TOKEN_CHUNK) {
+        int c1 = n - c0 < TOKEN_CHUNK ? n : c0 + TOKEN_CHUNK;
+        for (int g = g0; g < g1; g++) {
+            const uint8_t *gq = w->data + (size_t)g * w->group_bytes;
+            for (int t0 = c0; t0 < c1; t0 += TILE_T) {
+                int nt = c1 - t0 < TILE_T ? c1 - t0 : TILE_T;
+                const int8_t *a[TILE_T];
+                for (int t = 0; t < nt; t++)
+                    a[t] = (const int8_t *)act + (size_t)(t0 + t) * arb;
+                float *o = out + (size_t)t0 * ldo;
+                int row0 = g * DUET_QM_ROWS;
+                switch (nt) {
+                case 1: group_tile(kind, 1, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
+                case 2: group_tile(kind, 2, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
+                case 3: group_tile(kind, 3, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
+                default: group_tile(kind, 4, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
+                }
+            }
+        }
+    }
+}
+
+static void qgemm(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int n,
+                  const float *bias, float *out, size_t ldo)
+{
+    switch (w->type) {
+    case DUET_TYPE_Q8_0: qgemm_kind(KIND_Q8_0, w, g0, g1, act, n, bias, out, ldo); break;
+    case DUET_TYPE_Q4_0: qgemm_kind(KIND_Q4_0, w, g0, g1, act, n, bias, out, ldo); break;
+    default:             qgemm_kind(KIND_Q4_1, w, g0, g1, act, n, bias, out, ldo); break;
+    }
+}
+
+duet_cpu_qact_fn duet_cpu_qact_avx512(void)
+{
+    return qact;
+}
+
+duet_cpu_qgemm_fn duet_cpu_qgemm_avx512(void)
+{
+    return qgemm;
+}
+
+#else
+
+duet_cpu_qact_fn duet_cpu_qact_avx512(void)
+{
+    return NULL;
+}
+
+duet_cpu_qgemm_fn duet_cpu_qgemm_avx512(void)
+{
+    return NULL;
+}
+
+#endif
