@@ -26,12 +26,14 @@ typedef struct {
     int batch_prompt;
     int batch_gen;
     int json;
+    const char *device;
 } bench_conf_t;
 
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(bench_conf_t, field), def, help}
 static const duet_conf_opt_t bench_opts[] = {
     OPT("model", "DUET_MODEL", DUET_CONF_STR, model, NULL, "GGUF model file (default: the cached default model)"),
     OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "0", "compute threads; 0 uses every CPU"),
+    OPT("device", "DUET_DEVICE", DUET_CONF_STR, device, "cpu", "compute device: cpu, cuda or cuda:N"),
     OPT("n-prompt", NULL, DUET_CONF_INT, n_prompt, "512", "prompt tokens of the pp test"),
     OPT("n-gen", NULL, DUET_CONF_INT, n_gen, "128", "generated tokens of the tg test"),
     OPT("reps", NULL, DUET_CONF_INT, reps, "5", "repetitions of each test (the median is reported)"),
@@ -223,7 +225,7 @@ int duet_cmd_bench(int argc, char **argv)
     }
     duet_backend_t *be;
     duet_model_t *m;
-    if (duet_tool_open_model(c.model, c.threads, &be, &m))
+    if (duet_tool_open_model(c.model, c.device, c.threads, &be, &m))
         return 1;
     int max_seq = 1;
     for (int i = 0; i < n_batches; i++)

@@ -34,6 +34,7 @@ typedef struct {
     const char *log_level;
     const char *gateway;
     const char *api_key;
+    const char *device;
 } generate_conf_t;
 
 #define OPT(flag, env, type, field, def, help) \
@@ -56,6 +57,7 @@ static const duet_conf_opt_t generate_opts[] = {
     OPT("log-level", "DUET_LOG_LEVEL", DUET_CONF_STR, log_level, "warn", "error, warn, info or debug"),
     OPT("gateway", "DUET_GATEWAY", DUET_CONF_STR, gateway, NULL, "HOST:PORT of a duet gateway: generate there instead of in process"),
     OPT("api-key", "DUET_API_KEY", DUET_CONF_STR, api_key, NULL, "API key sent to the gateway as a bearer token"),
+    OPT("device", "DUET_DEVICE", DUET_CONF_STR, device, "cpu", "compute device in process: cpu, cuda or cuda:N"),
 };
 #undef OPT
 #define N_OPTS ((int)(sizeof generate_opts / sizeof generate_opts[0]))
@@ -332,7 +334,7 @@ int duet_cmd_generate(int argc, char **argv)
             return 1;
         has_template = 1;  /* the gateway renders with its model's template */
     } else {
-        if (duet_tool_open_model(c.model, c.threads, &be, &r.model))
+        if (duet_tool_open_model(c.model, c.device, c.threads, &be, &r.model))
             return 1;
         duet_engine_conf_t ec = {.n_ctx = c.ctx, .max_seqs = 1};
         duet_status_t st = duet_engine_create(r.model, &ec, &r.engine);

@@ -18,9 +18,11 @@ int duet_cmd_up(int argc, char **argv);
 int duet_tool_parse(const char *usage, const duet_conf_opt_t *opts, int n_opts, void *conf,
                     int argc, char **argv);
 
-/* Creates the CPU backend with n_threads (0: all CPUs) and loads the model at path (NULL: the
- * default model); prints one clear error line and returns non-zero on failure. */
-int duet_tool_open_model(const char *path, int n_threads, duet_backend_t **be_p, duet_model_t **model_p);
+/* Creates the backend device names ("cpu" or NULL with n_threads, 0: all CPUs; "cuda[:N]") and
+ * loads the model at path (NULL: the default model) onto it; prints one clear error line and
+ * returns non-zero on failure. */
+int duet_tool_open_model(const char *path, const char *device, int n_threads, duet_backend_t **be_p,
+                         duet_model_t **model_p);
 void duet_tool_close_model(duet_backend_t *be, duet_model_t *model);
 
 #endif
