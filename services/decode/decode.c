@@ -184,6 +184,7 @@ typedef struct decode {
     uint8_t *ucx_addr, *rkey;
     size_t ucx_addr_len, rkey_len;
     uint64_t pool_base;
+    uint64_t pool_bytes;
     duet_state_load_t load;         /* under mu */
 
     /* Engine thread only. */
@@ -487,6 +488,7 @@ static void *prefill_call_main(void *arg)
     kt.ucx_worker_address = (ProtobufCBinaryData){d->ucx_addr_len, d->ucx_addr};
     kt.rkey = (ProtobufCBinaryData){d->rkey_len, d->rkey};
     kt.remote_base = d->pool_base;
+    kt.pool_bytes = d->pool_bytes;
     kt.n_block_ids = (size_t)j->n_blocks;
     kt.block_ids = j->blocks;
     kt.n_block_generations = (size_t)j->n_blocks;
@@ -871,6 +873,7 @@ static duet_status_t engine_init(decode_t *d)
     d->ucx_addr_len = addr_len;
     d->rkey_len = rkey_len;
     d->pool_base = (uint64_t)(uintptr_t)duet_kvx_pool_base(d->pool);
+    d->pool_bytes = duet_kvx_pool_size(d->pool);
     d->n_ctx = duet_engine_n_ctx(d->engine);
     store_get(d);
     duet_log_info("decode: %s, ctx %d, %d KV blocks (%.1f MiB, %zu bytes/token), max %d seqs, role %s",

@@ -81,7 +81,7 @@ typedef struct peer {
     char decode_id[ID_MAX];
     uint8_t *addr, *rkey;           /* what it was connected with, to notice a restarted decode */
     size_t addr_len, rkey_len;
-    uint64_t base;
+    uint64_t base, size;
     duet_kvx_peer_t *kp;
     bool failed;                    /* a put or flush failed: dropped after the step */
     bool touched;                   /* puts posted since the last flush */
@@ -102,7 +102,7 @@ typedef struct preq {
     char decode_id[ID_MAX];
     uint8_t *addr, *rkey;
     size_t addr_len, rkey_len;
-    uint64_t base;
+    uint64_t base, size;            /* the decode pool: puts outside it are refused locally */
     uint32_t *dst;                  /* [n_dst] decode's block ids */
     int n_dst;
 
@@ -266,7 +266,8 @@ static peer_t *peer_get(prefill_t *p, const preq_t *r)
         if (strcmp(e->decode_id, r->decode_id) != 0)
             continue;
         if (e->addr_len == r->addr_len && !memcmp(e->addr, r->addr, r->addr_len) &&
-            e->rkey_len == r->rkey_len && !memcmp(e->rkey, r->rkey, r->rkey_len) && e->base == r->base)
+            e->rkey_len == r->rkey_len && !memcmp(e->rkey, r->rkey, r->rkey_len) && e->base == r->base &&
+            e->size == r->size)
             return e->failed ? NULL : e;
         if (e->touched)
             return NULL;   /* its old puts are not flushed yet: refuse rather than mix */
@@ -290,13 +291,12 @@ static peer_t *peer_get(prefill_t *p, const preq_t *r)
     e->addr_len = r->addr_len;
     e->rkey_len = r->rkey_len;
     e->base = r->base;
+    e->size = r->size;
     snprintf(e->decode_id, sizeof e->decode_id, "%s", r->decode_id);
-    /* KvTarget carries no pool size, so kvx's local bound is left open; decode's rkey covers
-     * only its pool, so a bad block id fails in UCX. */
     duet_kvx_remote_t rem = {
         .worker_addr = e->addr, .worker_addr_len = e->addr_len,
         .rkey = e->rkey, .rkey_len = e->rkey_len,
-        .base = e->base, .size = SIZE_MAX / 2,
+        .base = e->base, .size = (size_t)e->size,
     };
     if (duet_kvx_peer_connect(p->kvx, &rem, &e->kp) != DUET_OK) {
         free(e->addr);
@@ -809,6 +809,19 @@ static duet_status_t validate(const prefill_t *p, const Duet__V1__PrefillRequest
                  q->n_token_ids, want);
         return DUET_ERR_INVALID;
     }
+    uint64_t block_bytes = (uint64_t)t->n_layer * 2 * t->n_kv_head * t->block_tokens * t->head_dim * t->elem_bytes;
+    uint64_t pool_blocks = t->pool_bytes / block_bytes;
+    if (pool_blocks == 0) {
+        snprintf(err, cap, "kv_target.pool_bytes: %llu does not hold one %llu-byte block",
+                 (unsigned long long)t->pool_bytes, (unsigned long long)block_bytes);
+        return DUET_ERR_INVALID;
+    }
+    for (size_t i = 0; i < t->n_block_ids; i++)
+        if (t->block_ids[i] >= pool_blocks) {
+            snprintf(err, cap, "kv_target.block_ids[%zu]: block %u is outside the decode pool of %llu blocks",
+                     i, t->block_ids[i], (unsigned long long)pool_blocks);
+            return DUET_ERR_INVALID;
+        }
     if (t->n_block_generations != t->n_block_ids) {
         snprintf(err, cap, "kv_target.block_generations: %zu, one per block id (%zu) needed",
                  t->n_block_generations, t->n_block_ids);
@@ -875,6 +888,7 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
     memcpy(r->rkey, t->rkey.data, t->rkey.len);
     r->rkey_len = t->rkey.len;
     r->base = t->remote_base;
+    r->size = t->pool_bytes;
     r->n_dst = (int)t->n_block_ids;
     memcpy(r->dst, t->block_ids, t->n_block_ids * sizeof *r->dst);
     duet_rpc_call_defer(call);
