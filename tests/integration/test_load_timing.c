@@ -34,19 +34,18 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "clock.h"
+#include "mesh_harness.h"
 #include "state.h"
 
 #define N_REQUESTS     20
@@ -62,62 +61,19 @@ static duet_state_t *store;
 
 /* ---- processes ----------------------------------------------------------------------------- */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    int port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-/* Starts `duet up` (one prefill, one decode) and waits for its "gateway listening on" line. */
+/* Starts `duet up` with one prefill and one decode instance and no metrics ports. */
 static int start_mesh(int port)
 {
-    char port_s[16];
-    snprintf(port_s, sizeof port_s, "%d", port);
-    int fds[2];
-    if (pipe(fds) != 0)
-        return -1;
-    up_pid = fork();
-    if (up_pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        char *argv[] = {(char *)duet_bin, "up", "--model", (char *)model_path, "--port", port_s,
-                        "--run-dir", run_dir, "--ctx", "1024", "--metrics-port", "-1",
-                        "--prefill", "1", "--decode", "1", NULL};
-        execv(duet_bin, argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    FILE *f = fdopen(fds[0], "r");
-    char line[256];
-    while (fgets(line, sizeof line, f))
-        if (strstr(line, "gateway listening on "))
-            return 0;   /* the pipe stays open so duet up never gets SIGPIPE */
-    return -1;
+    const char *extra[] = {"--metrics-port", "-1", "--prefill", "1", "--decode", "1", NULL};
+    up_pid = mesh_start(duet_bin, model_path, port, run_dir, extra);
+    return up_pid > 0 ? 0 : -1;
 }
 
 static void stop_mesh(void)
 {
-    if (up_pid <= 0)
-        return;
-    kill(up_pid, SIGTERM);
-    int status = 0;
-    int64_t until = duet_clock_ns() + 30 * 1000000000ll;
-    while (waitpid(up_pid, &status, WNOHANG) == 0 && duet_clock_ns() < until)
-        usleep(20000);
-    if (duet_clock_ns() >= until) {
-        kill(up_pid, SIGKILL);
-        waitpid(up_pid, &status, 0);
-        CHECK_MSG(0, "duet up did not stop within 30 s of SIGTERM");
-    } else {
-        CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "duet up exited with status %d", status);
-    }
+    int st = mesh_stop(up_pid);
+    CHECK_MSG(st != -1, "duet up did not stop within 30 s of SIGTERM");
+    CHECK_MSG(st == 0 || st == -1, "duet up exited with status %d", st);
     up_pid = 0;
 }
 
@@ -330,7 +286,7 @@ int main(int argc, char **argv)
     mkdir(run_dir, 0755);
     snprintf(redis_url, sizeof redis_url, "unix://%s/redis.sock", run_dir);
     snprintf(out_json, sizeof out_json, "%s/requests.json", run_dir);
-    snprintf(gateway, sizeof gateway, "127.0.0.1:%d", free_port());
+    snprintf(gateway, sizeof gateway, "127.0.0.1:%d", mesh_free_port());
 
     if (start_mesh(atoi(strchr(gateway, ':') + 1)) != 0) {
         fprintf(stderr, "duet up did not come up; logs are in %s\n", run_dir);

@@ -27,6 +27,7 @@
 #include "cpu/cpu_backend.h"
 #include "duet/v1/gateway.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "mesh_harness.h"
 #include "model.h"
 #include "rpc.h"
 #include "state.h"
@@ -57,18 +58,6 @@ static duet_rpc_client_t *client;
 static pid_t up_pid;
 
 /* ---- processes ----------------------------------------------------------------------------- */
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    int port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
 
 /* Runs argv and returns its stdout (malloc'd), or NULL when it failed. */
 static char *capture(char *const argv[])
@@ -106,56 +95,21 @@ static char *capture(char *const argv[])
     return out;
 }
 
-/* Starts `duet up` and waits for its "gateway listening on" line. */
+/* Starts `duet up` with this mode's instances (one prefill and one decode, or one mixed). */
 static int start_mesh(int port)
 {
-    char port_s[16];
-    snprintf(port_s, sizeof port_s, "%d", port);
-    int fds[2];
-    if (pipe(fds) != 0)
-        return -1;
-    up_pid = fork();
-    if (up_pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        int mixed = strcmp(mode, "mixed") == 0;
-        char *argv[] = {(char *)duet_bin, "up", "--model", (char *)model_path, "--port", port_s,
-                        "--run-dir", run_dir, "--ctx", "1024", "--log-level", "info",
-                        "--prefill", mixed ? "0" : "1", "--decode", mixed ? "0" : "1",
-                        "--mixed", mixed ? "1" : "0", NULL};
-        execv(duet_bin, argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    FILE *f = fdopen(fds[0], "r");
-    char line[256];
-    int ok = 0;
-    while (fgets(line, sizeof line, f))
-        if (strstr(line, "gateway listening on ")) {
-            ok = 1;
-            break;
-        }
-    /* Keep the pipe open (duet up must not get SIGPIPE); it is closed at exit. */
-    return ok ? 0 : -1;
+    int mixed = strcmp(mode, "mixed") == 0;
+    const char *extra[] = {"--log-level", "info", "--prefill", mixed ? "0" : "1", "--decode",
+                           mixed ? "0" : "1", "--mixed", mixed ? "1" : "0", NULL};
+    up_pid = mesh_start(duet_bin, model_path, port, run_dir, extra);
+    return up_pid > 0 ? 0 : -1;
 }
 
 static void stop_mesh(void)
 {
-    if (up_pid <= 0)
-        return;
-    kill(up_pid, SIGTERM);
-    int status = 0;
-    int64_t until = duet_clock_ns() + 30 * 1000000000ll;
-    while (waitpid(up_pid, &status, WNOHANG) == 0 && duet_clock_ns() < until)
-        usleep(20000);
-    if (duet_clock_ns() >= until) {
-        kill(up_pid, SIGKILL);
-        waitpid(up_pid, &status, 0);
-        CHECK_MSG(0, "duet up did not stop within 30 s of SIGTERM");
-    } else {
-        CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "duet up exited with status %d", status);
-    }
+    int st = mesh_stop(up_pid);
+    CHECK_MSG(st != -1, "duet up did not stop within 30 s of SIGTERM");
+    CHECK_MSG(st == 0 || st == -1, "duet up exited with status %d", st);
     up_pid = 0;
 }
 
@@ -672,7 +626,7 @@ int main(int argc, char **argv)
     snprintf(run_dir, sizeof run_dir, "/tmp/duet-test-mesh-%s-%d", mode, (int)getpid());
     mkdir(run_dir, 0755);
     snprintf(redis_url, sizeof redis_url, "unix://%s/redis.sock", run_dir);
-    int port = free_port();
+    int port = mesh_free_port();
     snprintf(gateway, sizeof gateway, "127.0.0.1:%d", port);
     CHECK_EQ_INT(duet_rpc_client_create(&client), DUET_OK);
 

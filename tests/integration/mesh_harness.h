@@ -1,0 +1,21 @@
+/* tests/integration/mesh_harness.h — starting and stopping a whole mesh with `duet up` for the
+ * integration tests, shared so every test drives the mesh the same way. */
+#ifndef DUET_TESTS_MESH_HARNESS_H
+#define DUET_TESTS_MESH_HARNESS_H
+
+#include <sys/types.h>
+
+/* A loopback TCP port that was free a moment ago. */
+int mesh_free_port(void);
+
+/* Runs `duet up --model MODEL --port PORT --run-dir RUN_DIR --ctx 1024` plus extra (a NULL-ended
+ * list of further arguments) and waits for its "gateway listening on" line. Returns its pid, or
+ * -1 when it did not come up (its stdout pipe stays open so it never gets SIGPIPE). */
+pid_t mesh_start(const char *duet_bin, const char *model, int port, const char *run_dir,
+                 const char *const *extra);
+
+/* SIGTERM, then up to 30 s for a clean exit. Returns 0 for exit status 0, -1 when it had to be
+ * killed, else the wait status. */
+int mesh_stop(pid_t pid);
+
+#endif
