@@ -1,6 +1,7 @@
-/* lib/rpc/client.c — the gRPC client: one cached insecure channel per address, blocking unary
+/* lib/rpc/client.c — the gRPC client: one cached channel per address (plaintext or TLS), blocking unary
  * calls and server-streaming reads. Each call gets its own completion queue, so callers on many
  * threads never wait on one another's events. */
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,11 @@ typedef struct {
 } chan_t;
 
 struct duet_rpc_client {
+    grpc_channel_credentials *creds;   /* shared by every channel */
+    duet_rpc_tls_pem_t        pem;     /* the TLS files the credentials were made from */
+    grpc_arg                  args[2]; /* message size limits */
+    grpc_channel_args         chargs;
+    char                     *server_name;  /* TLS name override, or NULL */
     pthread_mutex_t mu;   /* guards the channel cache */
     chan_t         *chans;
     int             n_chans, cap_chans;
@@ -42,15 +48,39 @@ struct duet_rpc_client_stream {
     char                              error[512];
 };
 
-duet_status_t duet_rpc_client_create(duet_rpc_client_t **client_p)
+duet_status_t duet_rpc_client_create_conf(const duet_rpc_client_conf_t *conf, duet_rpc_client_t **client_p)
 {
+    const duet_rpc_tls_t *tls = conf ? conf->tls : NULL;
     duet_rpc_client_t *c = calloc(1, sizeof *c);
     if (!c)
         return DUET_ERR_NOMEM;
-    pthread_mutex_init(&c->mu, NULL);
+    if (tls && tls->server_name && tls->server_name[0] && !(c->server_name = strdup(tls->server_name))) {
+        free(c);
+        return DUET_ERR_NOMEM;
+    }
     grpc_init();
+    duet_status_t st = duet_rpc__channel_creds(tls, &c->pem, &c->creds);
+    if (st != DUET_OK) {
+        grpc_shutdown();
+        free(c->server_name);
+        free(c);
+        return st;
+    }
+    size_t max_msg = conf && conf->max_message_bytes ? conf->max_message_bytes : DUET_RPC_MAX_MESSAGE_DEFAULT;
+    int max_msg_int = max_msg > INT_MAX ? INT_MAX : (int)max_msg;
+    c->args[0] = (grpc_arg){ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                             .value.integer = max_msg_int };
+    c->args[1] = (grpc_arg){ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+                             .value.integer = max_msg_int };
+    c->chargs = (grpc_channel_args){ 2, c->args };
+    pthread_mutex_init(&c->mu, NULL);
     *client_p = c;
     return DUET_OK;
+}
+
+duet_status_t duet_rpc_client_create(duet_rpc_client_t **client_p)
+{
+    return duet_rpc_client_create_conf(NULL, client_p);
 }
 
 void duet_rpc_client_destroy(duet_rpc_client_t *client)
@@ -62,6 +92,9 @@ void duet_rpc_client_destroy(duet_rpc_client_t *client)
         free(client->chans[i].address);
     }
     free(client->chans);
+    grpc_channel_credentials_release(client->creds);
+    duet_rpc__tls_pem_free(&client->pem);
+    free(client->server_name);
     pthread_mutex_destroy(&client->mu);
     free(client);
     grpc_shutdown();
@@ -89,9 +122,16 @@ static grpc_channel *channel_get(duet_rpc_client_t *c, const char *address)
     char *addr = strdup(address);
     if (!addr)
         goto out_unlock;
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    ch = grpc_channel_create(address, creds, NULL);
-    grpc_channel_credentials_release(creds);
+    if (c->server_name) {
+        /* Its own args: the override is per channel, the limits are shared. */
+        grpc_arg args[3] = { c->args[0], c->args[1],
+                             { .type = GRPC_ARG_STRING, .key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                               .value.string = c->server_name } };
+        grpc_channel_args chargs = { 3, args };
+        ch = grpc_channel_create(address, c->creds, &chargs);
+    } else {
+        ch = grpc_channel_create(address, c->creds, &c->chargs);
+    }
     c->chans[c->n_chans++] = (chan_t){ addr, ch };
 out_unlock:
     pthread_mutex_unlock(&c->mu);
@@ -162,6 +202,8 @@ duet_status_t duet_rpc_client_unary(duet_rpc_client_t *client, const char *addre
     if (!client || !address || !path || !request || !response_type || !response_p || n_md < 0 ||
         n_md > (int)(sizeof md / sizeof md[0]))
         return DUET_ERR_INVALID;
+    if (opts && opts->retry_after_ms)
+        *opts->retry_after_ms = -1;
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     grpc_call *call = call_create(client, address, path, cq, deadline_of(opts));
     if (!call) {
@@ -201,6 +243,8 @@ duet_status_t duet_rpc_client_unary(duet_rpc_client_t *client, const char *addre
     }
     cq_wait(cq, &tag);
 
+    if (opts && opts->retry_after_ms)
+        *opts->retry_after_ms = duet_rpc__retry_after(&trailing_md);
     status = duet_rpc_status_from_grpc(code);
     if (status != DUET_OK) {
         char msg[512];
@@ -387,6 +431,12 @@ out_final:
 const char *duet_rpc_client_stream_error(const duet_rpc_client_stream_t *stream)
 {
     return stream->error;
+}
+
+int64_t duet_rpc_client_stream_retry_after_ms(const duet_rpc_client_stream_t *stream)
+{
+    /* The trailers are filled once the status batch has completed. */
+    return stream->ended && !stream->status_pending ? duet_rpc__retry_after(&stream->trailing_md) : -1;
 }
 
 void duet_rpc_client_stream_cancel(duet_rpc_client_stream_t *stream)

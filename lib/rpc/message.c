@@ -1,4 +1,5 @@
 /* lib/rpc/message.c — protobuf-c messages to and from gRPC byte buffers. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <grpc/byte_buffer.h>
@@ -41,4 +42,19 @@ void duet_rpc__slice_to_str(grpc_slice slice, char *dst, size_t dst_size)
     if (n)
         memcpy(dst, GRPC_SLICE_START_PTR(slice), n);
     dst[n] = '\0';
+}
+
+int64_t duet_rpc__retry_after(const grpc_metadata_array *md)
+{
+    for (size_t i = 0; i < md->count; i++) {
+        char key[32], val[24];
+        duet_rpc__slice_to_str(md->metadata[i].key, key, sizeof key);
+        if (strcmp(key, DUET_RPC_RETRY_AFTER_KEY) != 0)
+            continue;
+        duet_rpc__slice_to_str(md->metadata[i].value, val, sizeof val);
+        char *end;
+        long long v = strtoll(val, &end, 10);
+        return end != val && *end == '\0' && v >= 0 ? (int64_t)v : -1;
+    }
+    return -1;
 }

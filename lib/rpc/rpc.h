@@ -62,16 +62,40 @@ typedef struct {
     void                              *arg;      /* passed to the handler */
 } duet_rpc_method_t;
 
+/* The largest message a server or client sends or receives unless told otherwise. The biggest
+ * messages duet sends are a prompt (Gateway.Generate with up to ctx prompt_token_ids, or its text)
+ * and its relay (Decode.Generate: prompt + generated ids, KV target with one block id per 16
+ * tokens), and Complete's reply (text + ids): for a 128k-token context that is ~0.7 MB of varint
+ * ids, plus text at up to ~64 bytes a token in the worst case, ~9 MB. 16 MiB covers it with room;
+ * gRPC's own 4 MiB does not. A per-service option (--max-message-mb) overrides it. */
+#define DUET_RPC_MAX_MESSAGE_DEFAULT ((size_t)16 << 20)
+
+/* Trailing metadata key of the retry hint sent with RESOURCE_EXHAUSTED (milliseconds, decimal). */
+#define DUET_RPC_RETRY_AFTER_KEY "retry-after-ms"
+
+/* TLS of a server or a client; every path names a PEM file, read once at create. */
+typedef struct {
+    const char *cert;         /* certificate chain: the server's (required), a client's (for mTLS) */
+    const char *key;          /* its private key */
+    const char *ca;           /* CA bundle: a server verifies client certificates with it, a client
+                               * the server's; NULL or "": a client uses the system's roots */
+    int         client_auth;  /* server: require a client certificate signed by ca (mutual TLS) */
+    const char *server_name;  /* client: the name expected in server certificates instead of the
+                               * address's host; NULL or "": the host */
+} duet_rpc_tls_t;
+
 typedef struct {
     const char              *address;    /* "0.0.0.0:50051"; port 0 picks a free port */
     const duet_rpc_method_t *methods;    /* copied; the strings and descriptors must outlive the server */
     int                      n_methods;
     int                      n_threads;  /* completion-queue threads; 0 means 2 */
-    size_t                   max_message_bytes;  /* receive limit; 0 keeps gRPC's 4 MiB */
+    size_t                   max_message_bytes;  /* send and receive limit; 0: DUET_RPC_MAX_MESSAGE_DEFAULT */
+    const duet_rpc_tls_t    *tls;        /* NULL: plaintext; else cert and key are required */
 } duet_rpc_server_conf_t;
 
 /* Binds, starts the completion-queue threads and answers calls at once, including
- * grpc.health.v1.Health/Check (SERVING). UNAVAILABLE when the address cannot be bound. */
+ * grpc.health.v1.Health/Check (SERVING). UNAVAILABLE when the address cannot be bound, INVALID
+ * when a TLS file cannot be read. */
 duet_status_t duet_rpc_server_create(const duet_rpc_server_conf_t *conf, duet_rpc_server_t **server_p);
 /* The bound port (the chosen one when the address asked for port 0). */
 int           duet_rpc_server_port(const duet_rpc_server_t *server);
@@ -95,6 +119,12 @@ duet_status_t duet_rpc_call_reply(duet_rpc_call_t *call, const ProtobufCMessage 
 /* The message sent with a non-OK status; printf-style. */
 void          duet_rpc_call_set_error(duet_rpc_call_t *call, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Adds trailing metadata sent with the final status (any status, OK included); key lower case,
+ * value printable ASCII; both copied. At most 4 per call (INVALID beyond, or after finish). Call
+ * before the call is finished (for a unary handler: before returning). */
+duet_status_t duet_rpc_call_set_trailer(duet_rpc_call_t *call, const char *key, const char *value);
+/* The retry hint of a RESOURCE_EXHAUSTED answer: trailer DUET_RPC_RETRY_AFTER_KEY = ms. */
+duet_status_t duet_rpc_call_set_retry_after(duet_rpc_call_t *call, int64_t ms);
 /* Unary: the handler answers later, from any thread, with duet_rpc_call_reply (when OK) and
  * then duet_rpc_call_finish. */
 void          duet_rpc_call_defer(duet_rpc_call_t *call);
@@ -136,11 +166,21 @@ typedef struct {
     int                        n_metadata;
     char                      *error;       /* optional: receives the status message on failure */
     size_t                     error_size;
+    int64_t                   *retry_after_ms;  /* optional: the server's retry-after-ms trailer
+                                                 * of a unary call, -1 when it sent none */
 } duet_rpc_opts_t;
 
-/* A client holds one insecure channel per address, created on first use and kept until destroy.
- * Thread-safe: any number of threads may call through one client. */
+typedef struct {
+    const duet_rpc_tls_t *tls;            /* NULL: plaintext channels; else TLS (cert + key: mTLS) */
+    size_t                max_message_bytes;  /* 0: DUET_RPC_MAX_MESSAGE_DEFAULT */
+} duet_rpc_client_conf_t;
+
+/* A client holds one channel per address, created on first use and kept until destroy.
+ * Thread-safe: any number of threads may call through one client. The plain create makes
+ * plaintext channels with the default message limit. */
 duet_status_t duet_rpc_client_create(duet_rpc_client_t **client_p);
+/* INVALID when a TLS file cannot be read; conf may be NULL. */
+duet_status_t duet_rpc_client_create_conf(const duet_rpc_client_conf_t *conf, duet_rpc_client_t **client_p);
 /* All streams opened through the client must be closed first. */
 void          duet_rpc_client_destroy(duet_rpc_client_t *client);
 
@@ -166,6 +206,8 @@ duet_status_t duet_rpc_client_stream_open(duet_rpc_client_t *client, const char 
 duet_status_t duet_rpc_client_stream_read(duet_rpc_client_stream_t *stream, ProtobufCMessage **message_p);
 /* The final status message once a read returned an error ("" before). */
 const char   *duet_rpc_client_stream_error(const duet_rpc_client_stream_t *stream);
+/* The retry-after-ms trailer once a read returned the final status; -1 when none was sent. */
+int64_t       duet_rpc_client_stream_retry_after_ms(const duet_rpc_client_stream_t *stream);
 /* Cancels the call; any thread, also while another thread is blocked in read (which then
  * returns CANCELLED). */
 void          duet_rpc_client_stream_cancel(duet_rpc_client_stream_t *stream);

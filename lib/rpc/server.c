@@ -33,6 +33,7 @@
 
 #define SLOTS_PER_METHOD 4   /* calls the server can accept per method before a CQ thread re-arms */
 #define STATUS_MSG_MAX   512
+#define TRAILERS_MAX     4
 
 typedef enum { TAG_SLOT, TAG_RECV_CLOSE, TAG_SEND, TAG_WAKE, TAG_SHUTDOWN } tag_kind_t;
 
@@ -82,6 +83,8 @@ struct duet_rpc_call {
     grpc_status_code         status;
     grpc_slice               status_details;
     char                     error[STATUS_MSG_MAX];
+    grpc_metadata            trailers[TRAILERS_MAX];   /* sent with the status; copied slices */
+    int                      n_trailers;
     void                   (*on_cancel)(void *arg);
     void                    *on_cancel_arg;
     int                      cb_running;         /* on_cancel is running on cb_thread */
@@ -95,6 +98,7 @@ struct duet_rpc_server {
     pthread_t             *threads;
     int                    n_threads;
     int                    port;
+    duet_rpc_tls_pem_t     pem;        /* the TLS files, kept while the credentials may use them */
     duet_rpc_method_t     *methods;    /* the conf's table plus Health/Check */
     void                 **handles;    /* grpc_server_register_method handles */
     int                    n_methods;
@@ -180,6 +184,10 @@ static void call_destroy(duet_rpc_call_t *c)
     free(c->md_vals);
     free(c->path);
     grpc_slice_unref(c->status_details);
+    for (int i = 0; i < c->n_trailers; i++) {
+        grpc_slice_unref(c->trailers[i].key);
+        grpc_slice_unref(c->trailers[i].value);
+    }
     grpc_call_unref(c->call);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cb_done);
@@ -243,6 +251,8 @@ static void pump(duet_rpc_call_t *c)
         ops[n].data.send_status_from_server.status = c->status;
         ops[n].data.send_status_from_server.status_details =
             c->status == GRPC_STATUS_OK ? NULL : &c->status_details;
+        ops[n].data.send_status_from_server.trailing_metadata_count = (size_t)c->n_trailers;
+        ops[n].data.send_status_from_server.trailing_metadata = c->n_trailers ? c->trailers : NULL;
         n++;
         c->status_sent = 1;
     }
@@ -533,6 +543,31 @@ void duet_rpc_call_set_error(duet_rpc_call_t *call, const char *fmt, ...)
     pthread_mutex_unlock(&call->mu);
 }
 
+duet_status_t duet_rpc_call_set_trailer(duet_rpc_call_t *call, const char *key, const char *value)
+{
+    duet_status_t st = DUET_OK;
+    if (!key || !key[0] || !value)
+        return DUET_ERR_INVALID;
+    pthread_mutex_lock(&call->mu);
+    if (call->finished || call->n_trailers == TRAILERS_MAX) {
+        st = DUET_ERR_INVALID;
+    } else {
+        grpc_metadata *md = &call->trailers[call->n_trailers++];
+        memset(md, 0, sizeof *md);
+        md->key = grpc_slice_from_copied_string(key);
+        md->value = grpc_slice_from_copied_string(value);
+    }
+    pthread_mutex_unlock(&call->mu);
+    return st;
+}
+
+duet_status_t duet_rpc_call_set_retry_after(duet_rpc_call_t *call, int64_t ms)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)(ms < 0 ? 0 : ms));
+    return duet_rpc_call_set_trailer(call, DUET_RPC_RETRY_AFTER_KEY, v);
+}
+
 void duet_rpc_call_defer(duet_rpc_call_t *call)
 {
     pthread_mutex_lock(&call->mu);
@@ -702,7 +737,7 @@ duet_status_t duet_rpc_server_create(const duet_rpc_server_conf_t *conf, duet_rp
 {
     duet_status_t status = DUET_OK;
     duet_rpc_server_t *s;
-    grpc_arg args[2];
+    grpc_arg args[3];
     grpc_channel_args chargs = { 0, args };
     int n_slots = 0, i;
 
@@ -742,12 +777,12 @@ duet_status_t duet_rpc_server_create(const duet_rpc_server_conf_t *conf, duet_rp
     /* gRPC turns SO_REUSEPORT on by default, which lets a second server "bind" a taken port. */
     args[chargs.num_args++] = (grpc_arg){ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT,
                                           .value.integer = 0 };
-    if (conf->max_message_bytes)
-        args[chargs.num_args++] = (grpc_arg){ .type = GRPC_ARG_INTEGER,
-                                              .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                                              .value.integer = conf->max_message_bytes > INT_MAX
-                                                                   ? INT_MAX
-                                                                   : (int)conf->max_message_bytes };
+    size_t max_msg = conf->max_message_bytes ? conf->max_message_bytes : DUET_RPC_MAX_MESSAGE_DEFAULT;
+    int max_msg_int = max_msg > INT_MAX ? INT_MAX : (int)max_msg;
+    args[chargs.num_args++] = (grpc_arg){ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                                          .value.integer = max_msg_int };
+    args[chargs.num_args++] = (grpc_arg){ .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+                                          .value.integer = max_msg_int };
     s->server = grpc_server_create(&chargs, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
@@ -760,7 +795,9 @@ duet_status_t duet_rpc_server_create(const duet_rpc_server_conf_t *conf, duet_rp
             goto err_destroy_server;
         }
     }
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = NULL;
+    if ((status = duet_rpc__server_creds(conf->tls, &s->pem, &creds)) != DUET_OK)
+        goto err_destroy_server;
     s->port = grpc_server_add_http2_port(s->server, conf->address, creds);
     grpc_server_credentials_release(creds);
     if (s->port == 0) {
@@ -826,6 +863,7 @@ err_destroy_server:
     grpc_shutdown();
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    duet_rpc__tls_pem_free(&s->pem);
 err_free:
     free(s->threads);
     free(s->handles);
@@ -870,6 +908,7 @@ void duet_rpc_server_destroy(duet_rpc_server_t *s)
 
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    duet_rpc__tls_pem_free(&s->pem);
     free(s->threads);
     free(s->handles);
     free(s->methods);

@@ -40,6 +40,11 @@ static duet_status_t tokenize(duet_rpc_call_t *call, const ProtobufCMessage *req
         duet_rpc_call_set_error(call, "text: must not be empty");
         return DUET_ERR_INVALID;
     }
+    if (strcmp(req->text, "busy") == 0) {
+        duet_rpc_call_set_retry_after(call, 1234);
+        duet_rpc_call_set_error(call, "busy; retry after 1234 ms");
+        return DUET_ERR_EXHAUSTED;
+    }
     size_t n = strlen(req->text);
     if (n > 256) {
         duet_rpc_call_set_error(call, "text: longer than 256 bytes");
@@ -127,9 +132,15 @@ static void *writer_main(void *arg)
 static void generate(duet_rpc_stream_t *stream, const ProtobufCMessage *request, void *arg)
 {
     const Duet__V1__GenerateRequest *req = (const void *)request;
-    writer_t *w = malloc(sizeof *w);
+    writer_t *w;
     int ok = 0;
 
+    if (req->request_id && strcmp(req->request_id, "busy") == 0) {
+        duet_rpc_call_set_retry_after(stream, 250);
+        duet_rpc_stream_finish(stream, DUET_ERR_EXHAUSTED, "busy; retry after 250 ms");
+        return;
+    }
+    w = malloc(sizeof *w);
     if (w) {
         w->stream = stream;
         w->n = req->stop ? req->stop->max_tokens : 0;
@@ -295,6 +306,97 @@ static void test_error_status_both_ways(void)
     st = duet_rpc_client_unary(client, addr, "/duet.v1.Gateway/Nope", &req.base,
                                &duet__v1__tokenize_response__descriptor, &opts, &msg);
     CHECK_EQ_INT(st, DUET_ERR_UNSUPPORTED);
+}
+
+/* RESOURCE_EXHAUSTED carries its retry hint as trailing metadata, unary and streaming. */
+static void test_retry_after_trailer(void)
+{
+    Duet__V1__TokenizeRequest req = DUET__V1__TOKENIZE_REQUEST__INIT;
+    char err[256] = "";
+    int64_t retry = 0;
+    duet_rpc_opts_t opts = { .timeout_ms = 5000, .error = err, .error_size = sizeof err,
+                             .retry_after_ms = &retry };
+    ProtobufCMessage *msg = NULL;
+
+    req.text = "busy";
+    CHECK_EQ_INT(duet_rpc_client_unary(client, addr, TOK_PATH, &req.base,
+                                       &duet__v1__tokenize_response__descriptor, &opts, &msg),
+                 DUET_ERR_EXHAUSTED);
+    CHECK_EQ_INT(retry, 1234);
+    CHECK_STR_CONTAINS(err, "retry after 1234 ms");
+    req.text = "ok";
+    CHECK_EQ_INT(duet_rpc_client_unary(client, addr, TOK_PATH, &req.base,
+                                       &duet__v1__tokenize_response__descriptor, &opts, &msg),
+                 DUET_OK);
+    CHECK_EQ_INT(retry, -1);   /* none sent */
+    if (msg)
+        protobuf_c_message_free_unpacked(msg, NULL);
+
+    Duet__V1__GenerateRequest g = DUET__V1__GENERATE_REQUEST__INIT;
+    duet_rpc_client_stream_t *s = NULL;
+    g.request_id = "busy";
+    CHECK_EQ_INT(duet_rpc_client_stream_open(client, addr, GEN_PATH, &g.base,
+                                             &duet__v1__generate_response__descriptor, NULL, &s),
+                 DUET_OK);
+    if (!s)
+        return;
+    CHECK_EQ_INT(duet_rpc_client_stream_retry_after_ms(s), -1);   /* not ended yet */
+    msg = NULL;
+    CHECK_EQ_INT(duet_rpc_client_stream_read(s, &msg), DUET_ERR_EXHAUSTED);
+    CHECK_EQ_INT(duet_rpc_client_stream_retry_after_ms(s), 250);
+    CHECK_STR_CONTAINS(duet_rpc_client_stream_error(s), "retry after 250 ms");
+    duet_rpc_client_stream_close(s);
+}
+
+/* The default message limit is duet's 16 MiB, not gRPC's 4 MiB, both ways; a server and client
+ * configured smaller refuse a bigger message with RESOURCE_EXHAUSTED. */
+static void test_message_size_limits(void)
+{
+    size_t big_n = 6u << 20;   /* over gRPC's default, under duet's */
+    char *big = malloc(big_n + 1);
+    char err[256] = "";
+    duet_rpc_opts_t opts = { .timeout_ms = 10000, .error = err, .error_size = sizeof err };
+    ProtobufCMessage *msg = NULL;
+    Duet__V1__TokenizeRequest req = DUET__V1__TOKENIZE_REQUEST__INIT;
+    if (!big)
+        return;
+    memset(big, 'a', big_n);
+    big[big_n] = '\0';
+    req.text = big;
+    /* Received whole: the handler itself refuses it for its length. */
+    CHECK_EQ_INT(duet_rpc_client_unary(client, addr, TOK_PATH, &req.base,
+                                       &duet__v1__tokenize_response__descriptor, &opts, &msg),
+                 DUET_ERR_EXHAUSTED);
+    CHECK_STR_CONTAINS(err, "longer than 256");
+
+    duet_rpc_server_conf_t sc = { .address = "127.0.0.1:0", .methods = methods, .n_methods = 1,
+                                  .max_message_bytes = 1u << 20 };
+    duet_rpc_server_t *small = NULL;
+    duet_rpc_client_t *small_client = NULL;
+    duet_rpc_client_conf_t cc = { .max_message_bytes = 1u << 20 };
+    CHECK_EQ_INT(duet_rpc_server_create(&sc, &small), DUET_OK);
+    CHECK_EQ_INT(duet_rpc_client_create_conf(&cc, &small_client), DUET_OK);
+    if (small && small_client) {
+        char small_addr[64];
+        snprintf(small_addr, sizeof small_addr, "127.0.0.1:%d", duet_rpc_server_port(small));
+        big[2u << 20] = '\0';
+        /* The big client sends it; the small server refuses to receive it. */
+        err[0] = '\0';
+        CHECK_EQ_INT(duet_rpc_client_unary(client, small_addr, TOK_PATH, &req.base,
+                                           &duet__v1__tokenize_response__descriptor, &opts, &msg),
+                     DUET_ERR_EXHAUSTED);
+        CHECK_MSG(strstr(err, "longer than 256") == NULL, "the handler saw it: %s", err);
+        /* The small client refuses to send it. */
+        err[0] = '\0';
+        CHECK_EQ_INT(duet_rpc_client_unary(small_client, addr, TOK_PATH, &req.base,
+                                           &duet__v1__tokenize_response__descriptor, &opts, &msg),
+                     DUET_ERR_EXHAUSTED);
+        CHECK_MSG(strstr(err, "longer than 256") == NULL, "the handler saw it: %s", err);
+        fprintf(stderr, "  over the limit: \"%s\"\n", err);
+    }
+    duet_rpc_client_destroy(small_client);
+    duet_rpc_server_destroy(small);
+    free(big);
 }
 
 static void test_malformed_request_is_invalid(void)
@@ -571,6 +673,8 @@ int main(void)
     RUN_TEST(test_unary_echo);
     RUN_TEST(test_deferred_unary_from_thread);
     RUN_TEST(test_error_status_both_ways);
+    RUN_TEST(test_retry_after_trailer);
+    RUN_TEST(test_message_size_limits);
     RUN_TEST(test_malformed_request_is_invalid);
     RUN_TEST(test_health);
     RUN_TEST(test_stream_100_from_thread);
