@@ -2,7 +2,8 @@
  * in a run directory) unless --redis is given, then the scheduler, the prefill, decode and mixed
  * instances (pinned to disjoint cores when there are enough) and the gateway; waits until every
  * one is registered and the gateway answers its health check; prints where the gateway listens;
- * and on Ctrl-C or SIGTERM stops them all, gateway first. */
+ * restarts any process that exits (Redis included); and on Ctrl-C or SIGTERM stops them all,
+ * gateway first. Each process's pid is in RUN_DIR/NAME.pid (redis, scheduler, prefill-0, ...). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -38,6 +39,7 @@ typedef struct {
     int start_timeout_s;
     const char *log_level;
     int metrics_port;
+    int restart;
 } up_conf_t;
 
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(up_conf_t, field), def, help}
@@ -54,17 +56,27 @@ static const duet_conf_opt_t up_opts[] = {
     OPT("start-timeout", NULL, DUET_CONF_INT, start_timeout_s, "60", "seconds to wait for the mesh to come up"),
     OPT("log-level", "DUET_LOG_LEVEL", DUET_CONF_STR, log_level, "info", "log level of the services"),
     OPT("metrics-port", NULL, DUET_CONF_INT, metrics_port, "0", "first Prometheus port, one per service counting up (0: the gateway port + 1, -1: none)"),
+    OPT("restart", NULL, DUET_CONF_BOOL, restart, "true", "restart a process that exits after start-up (after 0.5 s, doubling up to 30 s while it keeps failing); false: stop the whole mesh"),
 };
 #undef OPT
 #define N_OPTS ((int)(sizeof up_opts / sizeof up_opts[0]))
 
 #define MAX_PROCS 64
 
+#define ARGV_MAX 32
+
 typedef struct {
     char name[32];
     pid_t pid;
     char log[1200];
-    int metrics_port;   /* 0: none */
+    char pid_file[1200];    /* run_dir/NAME.pid: the current pid, for tests and operators */
+    int metrics_port;       /* 0: none */
+    /* What it takes to start it again. */
+    char *argv[ARGV_MAX];   /* owned copies, NULL-ended */
+    int bare, cpu_first, n_cpus;
+    /* Supervision: when a dead process is due to start again, and how long it last waited. */
+    int64_t started_ns, restart_at_ns, backoff_ns;
+    int restarts;
 } proc_t;
 
 typedef struct {
@@ -75,39 +87,20 @@ typedef struct {
     int made_run_dir;
 } mesh_t;
 
-/* Starts argv[0] (a name in bin_dir, or a program on PATH when bare is set) with output to a log
- * file in the run directory, pinned to cpus [cpu_first, cpu_first + n_cpus) when n_cpus > 0. */
-static int spawn(mesh_t *m, const char *name, char *const argv_in[], int bare, int cpu_first, int n_cpus,
-                 int metrics_port)
+/* Starts process p (again): output appended to its log in the run directory, pinned to its cpus
+ * when it has any, its pid written to its pid file. */
+static int launch(mesh_t *m, proc_t *p)
 {
-    if (m->n_procs == MAX_PROCS)
-        return -1;
-    proc_t *p = &m->procs[m->n_procs];
-    char *argv[32], port_s[16];
-    int n = 0;
-    while (argv_in[n] && n < 28) {
-        argv[n] = argv_in[n];
-        n++;
-    }
-    if (metrics_port > 0) {
-        snprintf(port_s, sizeof port_s, "%d", metrics_port);
-        argv[n++] = "--metrics-port";
-        argv[n++] = port_s;
-    }
-    argv[n] = NULL;
-    p->metrics_port = metrics_port;
-    snprintf(p->name, sizeof p->name, "%s", name);
-    snprintf(p->log, sizeof p->log, "%s/%s.log", m->run_dir, name);
     char path[1100];
-    if (bare)
-        snprintf(path, sizeof path, "%s", argv[0]);
+    if (p->bare)
+        snprintf(path, sizeof path, "%s", p->argv[0]);
     else
-        snprintf(path, sizeof path, "%s/%s", m->bin_dir, argv[0]);
+        snprintf(path, sizeof path, "%s/%s", m->bin_dir, p->argv[0]);
     pid_t pid = fork();
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
@@ -121,23 +114,66 @@ static int spawn(mesh_t *m, const char *name, char *const argv_in[], int bare, i
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        if (n_cpus > 0) {
+        if (p->n_cpus > 0) {
             cpu_set_t set;
             CPU_ZERO(&set);
-            for (int c = cpu_first; c < cpu_first + n_cpus; c++)
+            for (int c = p->cpu_first; c < p->cpu_first + p->n_cpus; c++)
                 CPU_SET(c, &set);
             sched_setaffinity(0, sizeof set, &set);
         }
-        if (bare)
-            execvp(path, argv);
+        if (p->bare)
+            execvp(path, p->argv);
         else
-            execv(path, argv);
+            execv(path, p->argv);
         fprintf(stderr, "duet up: cannot run %s: %s\n", path, strerror(errno));
         _exit(127);
     }
     p->pid = pid;
-    m->n_procs++;
+    p->started_ns = duet_clock_ns();
+    FILE *f = fopen(p->pid_file, "w");
+    if (f) {
+        fprintf(f, "%d\n", (int)pid);
+        fclose(f);
+    }
     return 0;
+}
+
+/* Adds a process to the mesh and starts it: argv[0] is a name in bin_dir, or a program on PATH
+ * when bare is set; pinned to cpus [cpu_first, cpu_first + n_cpus) when n_cpus > 0. */
+static int spawn(mesh_t *m, const char *name, char *const argv_in[], int bare, int cpu_first, int n_cpus,
+                 int metrics_port)
+{
+    if (m->n_procs == MAX_PROCS)
+        return -1;
+    proc_t *p = &m->procs[m->n_procs];
+    memset(p, 0, sizeof *p);
+    int n = 0;
+    char port_s[16];
+    snprintf(port_s, sizeof port_s, "%d", metrics_port);
+    for (; argv_in[n] && n < ARGV_MAX - 3; n++)
+        if (!(p->argv[n] = strdup(argv_in[n])))
+            return -1;
+    if (metrics_port > 0) {
+        if (!(p->argv[n++] = strdup("--metrics-port")) || !(p->argv[n++] = strdup(port_s)))
+            return -1;
+    }
+    p->metrics_port = metrics_port;
+    p->bare = bare;
+    p->cpu_first = cpu_first;
+    p->n_cpus = n_cpus;
+    snprintf(p->name, sizeof p->name, "%s", name);
+    snprintf(p->log, sizeof p->log, "%s/%s.log", m->run_dir, name);
+    snprintf(p->pid_file, sizeof p->pid_file, "%s/%s.pid", m->run_dir, name);
+    unlink(p->log);   /* a reused run directory starts with fresh logs */
+    m->n_procs++;
+    return launch(m, p);
+}
+
+static void free_procs(mesh_t *m)
+{
+    for (int i = 0; i < m->n_procs; i++)
+        for (int k = 0; k < ARGV_MAX && m->procs[i].argv[k]; k++)
+            free(m->procs[i].argv[k]);
 }
 
 static void print_log_tail(const proc_t *p)
@@ -395,32 +431,81 @@ int duet_cmd_up(int argc, char **argv)
     printf("gateway listening on %s\n", listen_s);
     fflush(stdout);
 
+    /* Supervise: a process that exits is started again after a back-off (or, with --restart
+     * false, the mesh stops). A restarted instance registers under a new id; requests it held
+     * are re-placed by the gateway. */
     for (;;) {
-        int sig = 0;
-        sigwait(&sigs, &sig);
+        int64_t now = duet_clock_ns(), next = INT64_MAX;
+        for (int i = 0; i < m->n_procs; i++) {
+            proc_t *p = &m->procs[i];
+            if (p->pid > 0 || !p->restart_at_ns)
+                continue;
+            if (p->restart_at_ns <= now) {
+                p->restart_at_ns = 0;
+                p->restarts++;
+                if (launch(m, p) != 0)
+                    fprintf(stderr, "duet up: cannot restart %s: %s\n", p->name, strerror(errno));
+                else
+                    fprintf(stderr, "duet up: %s restarted (pid %d, restart %d)\n", p->name, (int)p->pid,
+                            p->restarts);
+                if (p->pid <= 0)
+                    p->restart_at_ns = now + p->backoff_ns;
+            }
+            if (p->pid <= 0 && p->restart_at_ns && p->restart_at_ns < next)
+                next = p->restart_at_ns;
+        }
+        int sig;
+        if (next == INT64_MAX) {
+            sigwait(&sigs, &sig);
+        } else {
+            int64_t wait_ns = next - now > 0 ? next - now : 0;
+            struct timespec ts = {(time_t)(wait_ns / 1000000000), (long)(wait_ns % 1000000000)};
+            sig = sigtimedwait(&sigs, NULL, &ts);
+            if (sig < 0)
+                continue;   /* a restart is due */
+        }
         if (sig != SIGCHLD) {
             fprintf(stderr, "duet up: stopping\n");
             rc = 0;
             break;
         }
         int status;
-        proc_t *dead = find_exited(m, &status);
-        if (dead) {
-            fprintf(stderr, "duet up: %s exited (status %d); stopping the mesh\n", dead->name,
-                    WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        proc_t *dead;
+        int stop = 0;
+        while ((dead = find_exited(m, &status))) {
+            int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            if (!c.restart) {
+                fprintf(stderr, "duet up: %s exited (status %d); stopping the mesh\n", dead->name, code);
+                print_log_tail(dead);
+                stop = 1;
+                break;
+            }
+            /* One that ran a while gets a quick restart; one that keeps dying waits longer. */
+            int64_t t = duet_clock_ns();
+            if (t - dead->started_ns > 30 * 1000000000ll || dead->backoff_ns == 0)
+                dead->backoff_ns = 500000000ll;
+            else if (dead->backoff_ns < 30 * 1000000000ll)
+                dead->backoff_ns *= 2;
+            dead->restart_at_ns = t + dead->backoff_ns;
+            fprintf(stderr, "duet up: %s exited (status %d); restarting it in %.1f s\n", dead->name, code,
+                    dead->backoff_ns / 1e9);
             print_log_tail(dead);
-            break;
         }
+        if (stop)
+            break;
     }
 out:
     stop_all(m);
     if (m->made_run_dir && rc == 0) {
-        for (int i = 0; i < m->n_procs; i++)
+        for (int i = 0; i < m->n_procs; i++) {
             unlink(m->procs[i].log);
+            unlink(m->procs[i].pid_file);
+        }
         char sock[1100];
         snprintf(sock, sizeof sock, "%s/redis.sock", m->run_dir);
         unlink(sock);
         rmdir(m->run_dir);
     }
+    free_procs(m);
     return rc;
 }
