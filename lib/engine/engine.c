@@ -4,7 +4,7 @@
  *      ▲  submit                                  │                              │
  *      │                                          └────── preempt (no block) ────┤
  *      └──────────────────────── kv_failed ◀── WAITING_KV ◀── submit_remote       │
- *                                                  └── kv_ready ─────────────────┘
+ *                                       kv_retry (new blocks) ⟲ └── kv_ready ────┘
  *
  * Each step takes one decode token of every RUNNING request first (cheap, keeps time per output
  * token low), then prompt chunks of PREFILL requests, then admits QUEUED ones in arrival order
@@ -295,6 +295,22 @@ void duet_engine_kv_failed(duet_engine_t *e, duet_engine_seq_t *s)
         return;
     duet_kv_seq_release(e->cache, &s->kv);
     s->state = SEQ_QUEUED;
+}
+
+duet_status_t duet_engine_kv_retry(duet_engine_t *e, duet_engine_seq_t *s, const int32_t **blocks_p,
+                                   int *n_blocks_p)
+{
+    if (s->state != SEQ_WAITING_KV)
+        return DUET_ERR_INVALID;
+    duet_kv_seq_release(e->cache, &s->kv);
+    duet_status_t st = duet_kv_seq_reserve(e->cache, &s->kv, s->n_tokens);
+    if (st != DUET_OK) {
+        duet_kv_seq_release(e->cache, &s->kv);
+        return st;
+    }
+    *blocks_p = s->kv.blocks;
+    *n_blocks_p = s->kv.n_blocks;
+    return DUET_OK;
 }
 
 const duet_kv_seq_t *duet_engine_seq_kv(const duet_engine_seq_t *s)

@@ -90,6 +90,12 @@ duet_status_t duet_engine_submit_remote(duet_engine_t *engine, const duet_gen_re
 void duet_engine_kv_ready(duet_engine_t *engine, duet_engine_seq_t *seq, int32_t first_token);
 /* The remote prefill failed: the engine prefills the prompt itself instead. */
 void duet_engine_kv_failed(duet_engine_t *engine, duet_engine_seq_t *seq);
+/* The remote prefill failed and another will be tried: the request's blocks go back (a caller
+ * that must keep them from reuse holds its own references first) and fresh ones are reserved for
+ * the next writer, listed in *blocks_p as by submit_remote. DUET_ERR_EXHAUSTED when too few are
+ * free (the request then holds none: follow with kv_failed). */
+duet_status_t duet_engine_kv_retry(duet_engine_t *engine, duet_engine_seq_t *seq, const int32_t **blocks_p,
+                                   int *n_blocks_p);
 
 /* The step's requests and how many new tokens each adds (positions already filled:
  * duet_engine_seq_kv(seq)->n_tokens), after each layer's K/V are in the pool. */

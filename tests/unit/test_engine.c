@@ -204,6 +204,34 @@ static void test_remote_prefill_matches_local(void)
     CHECK(fallback.n == alone.n && memcmp(fallback.tokens, alone.tokens, sizeof alone.tokens) == 0);
     CHECK_EQ_INT(duet_kv_cache_n_free(duet_engine_cache(e)), free_before);
 
+    /* A retry on another writer: the old blocks, held by the caller (quarantine), are not handed
+     * out again; the KV written into the new ones gives the same result. */
+    out_t retried = {0};
+    sink.user = &retried;
+    duet_kv_cache_t *dcache = duet_engine_cache(e);
+    CHECK_EQ_INT(duet_engine_submit_remote(e, &q, &sink, &seq, &blocks, &n_blocks), DUET_OK);
+    int32_t held[8];
+    int n_held = n_blocks;
+    for (int i = 0; i < n_held; i++) {
+        held[i] = blocks[i];
+        duet_kv_block_ref(dcache, held[i]);
+    }
+    CHECK_EQ_INT(duet_engine_kv_retry(e, seq, &blocks, &n_blocks), DUET_OK);
+    CHECK_EQ_INT(n_blocks, n_held);
+    for (int i = 0; i < n_blocks; i++)
+        for (int k = 0; k < n_held; k++)
+            CHECK_MSG(blocks[i] != held[k], "block %d handed out again while held", held[k]);
+    for (int i = 0; i < n_blocks; i++)
+        memcpy(duet_kv_slice(dst, blocks[i], 0, 0), duet_kv_slice(src, pseq.blocks[i], 0, 0),
+               block_elems * sizeof(uint16_t));
+    duet_engine_kv_ready(e, seq, first);
+    while (duet_engine_step(e) > 0)
+        ;
+    CHECK(retried.n == alone.n && memcmp(retried.tokens, alone.tokens, sizeof alone.tokens) == 0);
+    for (int i = 0; i < n_held; i++)
+        duet_kv_block_unref(dcache, held[i]);
+    CHECK_EQ_INT(duet_kv_cache_n_free(dcache), free_before);
+
     /* No blocks for the prompt: refused at once, nothing held. */
     duet_engine_conf_t tiny = {.n_ctx = 256, .n_blocks = 2, .max_seqs = 2};
     duet_engine_t *small;
