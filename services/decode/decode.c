@@ -38,6 +38,7 @@
 
 #include "clock.h"
 #include "cpu/cpu_backend.h"
+#include "decode_request.h"
 #include "duet/v1/decode.pb-c.h"
 #include "duet/v1/prefill.pb-c.h"
 #include "engine.h"
@@ -244,20 +245,6 @@ static void pjob_free(pjob_t *j)
     free(j->blocks);
     free(j->gens);
     free(j);
-}
-
-/* Proto sampling → engine sampling; zero values mean "off". */
-static void sampling_from_proto(const Duet__V1__SamplingParams *p, duet_sampling_t *s)
-{
-    duet_sampling_defaults(s);
-    if (!p)
-        return;
-    s->temperature = p->temperature;
-    s->top_k = p->top_k;
-    s->top_p = p->top_p == 0.0f ? 1.0f : p->top_p;
-    s->min_p = p->min_p;
-    s->repeat_penalty = p->repetition_penalty == 0.0f ? 1.0f : p->repetition_penalty;
-    s->seed = p->seed;
 }
 
 /* ---- Redis (engine thread) ---------------------------------------------------------------- */
@@ -967,62 +954,6 @@ static void on_stream_cancel(void *arg)
     wake(d);
 }
 
-/* Checks the request against this instance; on error writes the field's name and why. */
-static duet_status_t validate(const decode_t *d, const Duet__V1__DecodeRequest *q, int max_tokens,
-                              char *err, size_t cap)
-{
-    if (!q->request_id[0] || strlen(q->request_id) >= DUET_STATE_ID_MAX) {
-        snprintf(err, cap, "request_id: must be 1 to %d bytes", DUET_STATE_ID_MAX - 1);
-        return DUET_ERR_INVALID;
-    }
-    if (q->n_prompt_token_ids == 0) {
-        snprintf(err, cap, "prompt_token_ids: empty");
-        return DUET_ERR_INVALID;
-    }
-    for (size_t i = 0; i < q->n_prompt_token_ids; i++)
-        if (q->prompt_token_ids[i] >= (uint32_t)d->n_vocab) {
-            snprintf(err, cap, "prompt_token_ids[%zu]: %u is not below the vocabulary size %d", i,
-                     q->prompt_token_ids[i], d->n_vocab);
-            return DUET_ERR_INVALID;
-        }
-    for (size_t i = 0; i < q->n_generated_token_ids; i++)
-        if (q->generated_token_ids[i] >= (uint32_t)d->n_vocab) {
-            snprintf(err, cap, "generated_token_ids[%zu]: %u is not below the vocabulary size %d", i,
-                     q->generated_token_ids[i], d->n_vocab);
-            return DUET_ERR_INVALID;
-        }
-    if (q->n_prompt_token_ids >= (size_t)d->n_ctx) {
-        snprintf(err, cap, "prompt_token_ids: %zu tokens leave no room for output in the context of %d",
-                 q->n_prompt_token_ids, d->n_ctx);
-        return DUET_ERR_INVALID;
-    }
-    if ((int64_t)q->n_prompt_token_ids + max_tokens > d->n_ctx) {
-        snprintf(err, cap, "stop.max_tokens: %d prompt tokens + %lld exceed the context of %d",
-                 (int)q->n_prompt_token_ids,
-                 q->stop && q->stop->max_tokens ? (long long)q->stop->max_tokens : (long long)max_tokens,
-                 d->n_ctx);
-        return DUET_ERR_INVALID;
-    }
-    if ((int64_t)q->n_generated_token_ids >= max_tokens) {
-        snprintf(err, cap, "generated_token_ids: %zu tokens already reach max_tokens %d",
-                 q->n_generated_token_ids, max_tokens);
-        return DUET_ERR_INVALID;
-    }
-    if (strlen(q->prefill_address) >= DUET_STATE_ADDR_MAX ||
-        strlen(q->prefill_instance_id) >= DUET_STATE_ID_MAX) {
-        snprintf(err, cap, "prefill_address: too long");
-        return DUET_ERR_INVALID;
-    }
-    if (q->stop)
-        for (size_t i = 0; i < q->stop->n_stop_token_ids; i++)
-            if (q->stop->stop_token_ids[i] >= (uint32_t)d->n_vocab) {
-                snprintf(err, cap, "stop.stop_token_ids[%zu]: %u is not below the vocabulary size %d",
-                         i, q->stop->stop_token_ids[i], d->n_vocab);
-                return DUET_ERR_INVALID;
-            }
-    return DUET_OK;
-}
-
 static void generate(duet_rpc_stream_t *stream, const ProtobufCMessage *msg, void *arg)
 {
     decode_t *d = arg;
@@ -1045,19 +976,11 @@ static void generate(duet_rpc_stream_t *stream, const ProtobufCMessage *msg, voi
     snprintf(r->id, sizeof r->id, "%s", q->request_id);
     r->attempt = q->attempt;
     int n_prompt = (int)q->n_prompt_token_ids;
-    /* 0: up to the context. Larger than the context is clamped only far enough to be refused. */
-    uint32_t want = q->stop ? q->stop->max_tokens : 0;
-    int max_tokens = want == 0 ? d->n_ctx - n_prompt
-                   : want > (uint32_t)d->n_ctx ? d->n_ctx + 1 : (int)want;
+    int max_tokens = 0;
     char err[sizeof r->reject_msg];
-    r->reject = validate(d, q, max_tokens, err, sizeof err);
-    if (r->reject == DUET_OK) {
-        sampling_from_proto(q->sampling, &r->sampling);
-        if (!q->sampling || !q->sampling->has_seed)   /* one seed for prefill and decode alike */
-            r->sampling.seed = (uint64_t)duet_clock_ns() ^ (r->serial * 0x9e3779b97f4a7c15ULL);
-        if (duet_sampling_validate(&r->sampling, err, sizeof err) != DUET_OK)
-            r->reject = DUET_ERR_INVALID;
-    }
+    r->reject = duet_decode_request_check(q, d->n_vocab, d->n_ctx, &max_tokens, &r->sampling, err, sizeof err);
+    if (r->reject == DUET_OK && (!q->sampling || !q->sampling->has_seed))   /* one seed for prefill and decode alike */
+        r->sampling.seed = (uint64_t)duet_clock_ns() ^ (r->serial * 0x9e3779b97f4a7c15ULL);
     if (r->reject != DUET_OK) {
         snprintf(r->reject_msg, sizeof r->reject_msg, "%s", err);
         duet_log_info("decode: request %s: refused: %s", r->id[0] ? r->id : "(no id)", err);

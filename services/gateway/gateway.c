@@ -34,13 +34,11 @@
 #include "gguf.h"
 #include "log.h"
 #include "model.h"
+#include "request.h"
 #include "service.h"
 #include "state.h"
 #include "tokenizer.h"
 
-#define REQ_ID_MAX         63     /* a client's request id, bytes */
-#define STOP_MAX           16     /* stop strings per request */
-#define STOP_LEN_MAX       256    /* bytes per stop string */
 #define PENDING_MAX_MSGS   256    /* queued messages to a slow client before the worker waits */
 #define MSG_MAX            512    /* error texts */
 
@@ -850,216 +848,12 @@ static void on_client_cancel(void *arg)
     pthread_mutex_unlock(&s->mu);
 }
 
-/* ---- validation and tokenization ------------------------------------------------------------ */
+/* ---- validation and tokenization (request.c) ----------------------------------------------- */
 
-static int valid_request_id(const char *id)
+/* What request.c checks a request against: borrowed from gw. */
+static duet_gateway_model_t model_of(const gw_t *gw)
 {
-    size_t n = strlen(id);
-    if (n == 0 || n > REQ_ID_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)id[i]) && !strchr("._:-", id[i]))
-            return 0;
-    return 1;
-}
-
-static void make_request_id(char *id, size_t cap)
-{
-    unsigned char rnd[12];
-    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
-        /* No entropy (very early boot): the clock, the pid and a stack address still differ. */
-        uint64_t v = (uint64_t)duet_clock_ns() ^ (uint64_t)(uintptr_t)id;
-        uint32_t pid = (uint32_t)getpid();
-        memcpy(rnd, &v, sizeof v);
-        memcpy(rnd + 8, &pid, sizeof pid);
-    }
-    int o = snprintf(id, cap, "req-");
-    for (size_t i = 0; i < sizeof rnd && (size_t)o + 2 < cap; i++)
-        o += snprintf(id + o, cap - (size_t)o, "%02x", rnd[i]);
-}
-
-static int model_matches(const gw_t *gw, const char *model)
-{
-    if (!model[0] || strcmp(model, gw->model_id) == 0 || strcmp(model, gw->model_file) == 0)
-        return 1;
-    size_t n = strlen(gw->model_file);
-    return n > 5 && strncmp(model, gw->model_file, n - 5) == 0 && model[n - 5] == '\0' &&
-           strcmp(gw->model_file + n - 5, ".gguf") == 0;
-}
-
-static duet_status_t check_roles(Duet__V1__ChatMessage *const *msgs, size_t n, char *err, size_t cap)
-{
-    for (size_t i = 0; i < n; i++) {
-        const char *role = msgs[i] ? str_or_empty(msgs[i]->role) : "";
-        if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant")) {
-            snprintf(err, cap, "messages[%zu].role: unknown role \"%.40s\" (system, user or assistant)", i, role);
-            return DUET_ERR_INVALID;
-        }
-    }
-    return DUET_OK;
-}
-
-/* Renders chat messages with the model's template into *text_p (malloc'd). */
-static duet_status_t render_messages(const gw_t *gw, Duet__V1__ChatMessage *const *msgs, size_t n,
-                                     char **text_p, char *err, size_t cap)
-{
-    if (check_roles(msgs, n, err, cap) != DUET_OK)
-        return DUET_ERR_INVALID;
-    if (gw->chat.style == DUET_CHAT_NONE) {
-        snprintf(err, cap, "messages: the model has no chat template the gateway can render; send prompt instead");
-        return DUET_ERR_INVALID;
-    }
-    duet_chat_msg_t *cm = malloc(n * sizeof *cm);
-    if (!cm)
-        return DUET_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++)
-        cm[i] = (duet_chat_msg_t){str_or_empty(msgs[i]->role), str_or_empty(msgs[i]->content)};
-    duet_status_t status = duet_chat_render(&gw->chat, cm, (int)n, 1, text_p);
-    free(cm);
-    if (status != DUET_OK)
-        snprintf(err, cap, "messages: cannot render the chat: %s", duet_status_str(status));
-    return status == DUET_OK ? DUET_OK : DUET_ERR_INVALID;
-}
-
-/* Checks a Generate/Complete request and tokenizes its prompt into the slot-to-be. On failure
- * returns INVALID (or NOMEM) with the field named first in err. */
-static duet_status_t prepare(gw_t *gw, const Duet__V1__GenerateRequest *req, slot_t *out, char *err, size_t cap)
-{
-    const char *rid = str_or_empty(req->request_id);
-    if (rid[0] && !valid_request_id(rid)) {
-        snprintf(err, cap, "request_id: at most %d characters of A-Z a-z 0-9 . _ : -", REQ_ID_MAX);
-        return DUET_ERR_INVALID;
-    }
-    if (!model_matches(gw, str_or_empty(req->model))) {
-        snprintf(err, cap, "model: \"%.64s\" is not served here (this gateway serves \"%s\")", str_or_empty(req->model), gw->model_id);
-        return DUET_ERR_INVALID;
-    }
-    const char *prompt = str_or_empty(req->prompt);
-    int forms = (prompt[0] != '\0') + (req->n_messages > 0) + (req->n_prompt_token_ids > 0);
-    if (forms == 0) {
-        snprintf(err, cap, "prompt: empty; set one of prompt, messages or prompt_token_ids");
-        return DUET_ERR_INVALID;
-    }
-    if (forms > 1) {
-        snprintf(err, cap, "prompt: set only one of prompt, messages and prompt_token_ids");
-        return DUET_ERR_INVALID;
-    }
-    const Duet__V1__SamplingParams *sp = req->sampling;
-    if (sp) {
-        if (!(sp->temperature >= 0.0f) || isinf(sp->temperature)) {
-            snprintf(err, cap, "temperature: must be a finite number >= 0 (0: greedy)");
-            return DUET_ERR_INVALID;
-        }
-        if (sp->top_p != 0.0f && !(sp->top_p > 0.0f && sp->top_p <= 1.0f)) {
-            snprintf(err, cap, "top_p: must be in (0, 1] (0: off)");
-            return DUET_ERR_INVALID;
-        }
-        if (sp->top_k < 0) {
-            snprintf(err, cap, "top_k: must be >= 0 (0: off)");
-            return DUET_ERR_INVALID;
-        }
-        if (!(sp->min_p >= 0.0f && sp->min_p <= 1.0f)) {
-            snprintf(err, cap, "min_p: must be in [0, 1] (0: off)");
-            return DUET_ERR_INVALID;
-        }
-        if (!(sp->repetition_penalty >= 0.0f) || isinf(sp->repetition_penalty)) {
-            snprintf(err, cap, "repetition_penalty: must be a finite number >= 0 (0 or 1: off)");
-            return DUET_ERR_INVALID;
-        }
-    }
-    const Duet__V1__StopParams *stp = req->stop;
-    if (stp) {
-        if (stp->n_stop > STOP_MAX) {
-            snprintf(err, cap, "stop: at most %d stop strings", STOP_MAX);
-            return DUET_ERR_INVALID;
-        }
-        for (size_t i = 0; i < stp->n_stop; i++) {
-            size_t len = strlen(str_or_empty(stp->stop[i]));
-            if (len == 0 || len > STOP_LEN_MAX) {
-                snprintf(err, cap, "stop[%zu]: must be 1 to %d bytes", i, STOP_LEN_MAX);
-                return DUET_ERR_INVALID;
-            }
-        }
-        for (size_t i = 0; i < stp->n_stop_token_ids; i++) {
-            if (stp->stop_token_ids[i] >= (uint32_t)gw->n_vocab) {
-                snprintf(err, cap, "stop_token_ids[%zu]: %u is not below the vocabulary size %d", i,
-                         stp->stop_token_ids[i], gw->n_vocab);
-                return DUET_ERR_INVALID;
-            }
-        }
-    }
-
-    /* The prompt, as tokens: at most ctx - 1 of them, so that one token can still be generated. */
-    int32_t *tokens = malloc((size_t)gw->ctx * sizeof *tokens);
-    if (!tokens)
-        return DUET_ERR_NOMEM;
-    int n = 0;
-    duet_status_t status = DUET_OK;
-    const char *field = "prompt";
-    if (req->n_prompt_token_ids) {
-        field = "prompt_token_ids";
-        if (req->n_prompt_token_ids >= (size_t)gw->ctx) {
-            snprintf(err, cap, "prompt_token_ids: %zu tokens do not fit the context of %d (at most %d)",
-                     req->n_prompt_token_ids, gw->ctx, gw->ctx - 1);
-            free(tokens);
-            return DUET_ERR_INVALID;
-        }
-        n = (int)req->n_prompt_token_ids;
-        for (int i = 0; i < n; i++) {
-            if (req->prompt_token_ids[i] >= (uint32_t)gw->n_vocab) {
-                snprintf(err, cap, "prompt_token_ids[%d]: %u is not below the vocabulary size %d", i,
-                         req->prompt_token_ids[i], gw->n_vocab);
-                free(tokens);
-                return DUET_ERR_INVALID;
-            }
-            tokens[i] = (int32_t)req->prompt_token_ids[i];
-        }
-    } else if (req->n_messages) {
-        field = "messages";
-        char *text = NULL;
-        if ((status = render_messages(gw, req->messages, req->n_messages, &text, err, cap)) != DUET_OK) {
-            free(tokens);
-            return status;
-        }
-        /* A Llama-3 rendering starts with <|begin_of_text|> already: no second BOS. */
-        int add_bos = gw->chat.style != DUET_CHAT_LLAMA3;
-        status = duet_tokenizer_encode(gw->tok, text, strlen(text), add_bos, 1, tokens, gw->ctx, &n);
-        free(text);
-    } else {
-        status = duet_tokenizer_encode(gw->tok, prompt, strlen(prompt), 1, 0, tokens, gw->ctx, &n);
-    }
-    if (status != DUET_OK && status != DUET_ERR_EXHAUSTED) {
-        snprintf(err, cap, "%s: cannot be tokenized: %s", field, duet_status_str(status));
-        free(tokens);
-        return DUET_ERR_INVALID;
-    }
-    if (status == DUET_ERR_EXHAUSTED || n >= gw->ctx) {
-        snprintf(err, cap, "%s: %d tokens do not fit the context of %d (at most %d)", field, n, gw->ctx, gw->ctx - 1);
-        free(tokens);
-        return DUET_ERR_INVALID;
-    }
-    if (n == 0) {
-        snprintf(err, cap, "%s: empty after tokenization", field);
-        free(tokens);
-        return DUET_ERR_INVALID;
-    }
-    uint32_t room = (uint32_t)(gw->ctx - n);
-    uint32_t max_tokens = stp ? stp->max_tokens : 0;
-    if (max_tokens > room) {
-        snprintf(err, cap, "max_tokens: %u exceeds the %u tokens left in the context (%d - %d prompt tokens)",
-                 max_tokens, room, gw->ctx, n);
-        free(tokens);
-        return DUET_ERR_INVALID;
-    }
-    /* int32 → uint32 in place: the same bits for ids below the vocabulary size. */
-    out->prompt = (uint32_t *)tokens;
-    out->n_prompt = n;
-    out->max_tokens = max_tokens ? max_tokens : room;
-    if (rid[0])
-        snprintf(out->id, sizeof out->id, "%s", rid);
-    else
-        make_request_id(out->id, sizeof out->id);
-    return DUET_OK;
+    return (duet_gateway_model_t){gw->tok, &gw->chat, gw->model_id, gw->model_file, gw->ctx, gw->n_vocab};
 }
 
 /* ---- handlers ------------------------------------------------------------------------------- */
@@ -1106,10 +900,11 @@ static duet_status_t begin(gw_t *gw, duet_rpc_call_t *call, const Duet__V1__Gene
     duet_status_t status = authenticate(gw, call);
     if (status != DUET_OK)
         return status;
-    slot_t tmp;
+    duet_gateway_request_t tmp;
     char err[MSG_MAX];
+    duet_gateway_model_t m = model_of(gw);
     memset(&tmp, 0, sizeof tmp);
-    if ((status = prepare(gw, req, &tmp, err, sizeof err)) != DUET_OK) {
+    if ((status = duet_gateway_request_prepare(&m, req, &tmp, err, sizeof err)) != DUET_OK) {
         duet_rpc_call_set_error(call, "%s", status == DUET_ERR_NOMEM ? "gateway: out of memory" : err);
         return status;
     }
@@ -1180,43 +975,13 @@ static duet_status_t on_tokenize(duet_rpc_call_t *call, const ProtobufCMessage *
     duet_status_t status = authenticate(gw, call);
     if (status != DUET_OK)
         return status;
-    const char *text = str_or_empty(req->text);
     char err[MSG_MAX];
-    char *rendered = NULL;
-    int add_bos = req->add_special_tokens, parse_special = 0;
-    if (text[0] && req->n_messages) {
-        duet_rpc_call_set_error(call, "text: set only one of text and messages");
-        return DUET_ERR_INVALID;
-    }
-    if (req->n_messages) {
-        if ((status = render_messages(gw, req->messages, req->n_messages, &rendered, err, sizeof err)) != DUET_OK) {
-            duet_rpc_call_set_error(call, "%s", err);
-            return status;
-        }
-        text = rendered;
-        parse_special = 1;   /* as Generate tokenizes a chat */
-        add_bos = add_bos && gw->chat.style != DUET_CHAT_LLAMA3;
-    }
-    size_t len = strlen(text);
-    int cap = 1024, n = 0;
     int32_t *tokens = NULL;
-    for (int pass = 0; pass < 2; pass++) {
-        free(tokens);
-        tokens = malloc((size_t)cap * sizeof *tokens);
-        if (!tokens) {
-            status = DUET_ERR_NOMEM;
-            break;
-        }
-        status = duet_tokenizer_encode(gw->tok, text, len, add_bos, parse_special, tokens, cap, &n);
-        if (status != DUET_ERR_EXHAUSTED)
-            break;
-        cap = n;
-    }
-    free(rendered);
-    if (status != DUET_OK) {
-        free(tokens);
-        duet_rpc_call_set_error(call, "text: cannot be tokenized: %s", duet_status_str(status));
-        return status == DUET_ERR_NOMEM ? DUET_ERR_NOMEM : DUET_ERR_INVALID;
+    int n = 0;
+    duet_gateway_model_t m = model_of(gw);
+    if ((status = duet_gateway_tokenize(&m, req, &tokens, &n, err, sizeof err)) != DUET_OK) {
+        duet_rpc_call_set_error(call, "%s", err);
+        return status;
     }
     Duet__V1__TokenizeResponse resp = DUET__V1__TOKENIZE_RESPONSE__INIT;
     char **pieces = calloc((size_t)n + 1, sizeof *pieces);

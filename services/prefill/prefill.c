@@ -39,10 +39,11 @@
 #include "kvx.h"
 #include "log.h"
 #include "model.h"
+#include "prefill_request.h"
 
 #define IDLE_WAIT_MS       1000
 #define PEER_CLOSE_MS      1000   /* flushing a healthy peer when it is dropped */
-#define ID_MAX             64
+#define ID_MAX             DUET_PREFILL_ID_MAX
 
 typedef struct {
     duet_service_common_t common;   /* first: the runtime's options */
@@ -195,19 +196,6 @@ static void preq_free(preq_t *r)
     free(r->dst);
     free(r->src);
     free(r);
-}
-
-static void sampling_from_proto(const Duet__V1__SamplingParams *sp, duet_sampling_t *s)
-{
-    duet_sampling_defaults(s);
-    if (!sp)
-        return;
-    s->temperature = sp->temperature;
-    s->top_k = sp->top_k;
-    s->top_p = sp->top_p == 0.0f ? 1.0f : sp->top_p;
-    s->min_p = sp->min_p;
-    s->repeat_penalty = sp->repetition_penalty == 0.0f ? 1.0f : sp->repetition_penalty;
-    s->seed = sp->seed;
 }
 
 static void live_link(prefill_t *p, preq_t *r)
@@ -759,85 +747,6 @@ static void on_call_cancel(void *arg)
     wake(p);
 }
 
-static duet_status_t validate(const prefill_t *p, const Duet__V1__PrefillRequest *q, char *err, size_t cap)
-{
-    const duet_hparams_t *hp = &p->model->hp;
-    const Duet__V1__KvTarget *t = q->kv_target;
-    if (strlen(q->request_id) >= ID_MAX) {
-        snprintf(err, cap, "request_id: longer than %d bytes", ID_MAX - 1);
-        return DUET_ERR_INVALID;
-    }
-    if (q->n_token_ids == 0) {
-        snprintf(err, cap, "token_ids: empty");
-        return DUET_ERR_INVALID;
-    }
-    if (q->n_token_ids >= (size_t)p->n_ctx) {
-        snprintf(err, cap, "token_ids: %zu tokens do not fit the context of %d", q->n_token_ids, p->n_ctx);
-        return DUET_ERR_INVALID;
-    }
-    for (size_t i = 0; i < q->n_token_ids; i++)
-        if (q->token_ids[i] >= (uint32_t)p->n_vocab) {
-            snprintf(err, cap, "token_ids[%zu]: %u is not below the vocabulary size %d", i,
-                     q->token_ids[i], p->n_vocab);
-            return DUET_ERR_INVALID;
-        }
-    if (!t) {
-        snprintf(err, cap, "kv_target: missing");
-        return DUET_ERR_INVALID;
-    }
-    /* The layout must be ours, or the bytes would land in the wrong places. */
-    const struct {
-        const char *name;
-        uint32_t got;
-        int want;
-    } layout[] = {
-        {"n_layer", t->n_layer, hp->n_layer},
-        {"n_kv_head", t->n_kv_head, hp->n_kv_head},
-        {"head_dim", t->head_dim, hp->head_dim},
-        {"block_tokens", t->block_tokens, DUET_KV_BLOCK_TOKENS},
-        {"elem_bytes", t->elem_bytes, 2},
-    };
-    for (size_t i = 0; i < sizeof layout / sizeof layout[0]; i++)
-        if (layout[i].got != (uint32_t)layout[i].want) {
-            snprintf(err, cap, "kv_target.%s: %u, this model has %d", layout[i].name, layout[i].got,
-                     layout[i].want);
-            return DUET_ERR_INVALID;
-        }
-    size_t want = (size_t)duet_kv_blocks_for((int)q->n_token_ids);
-    if (t->n_block_ids != want) {
-        snprintf(err, cap, "kv_target.block_ids: %zu blocks for %zu tokens, need %zu", t->n_block_ids,
-                 q->n_token_ids, want);
-        return DUET_ERR_INVALID;
-    }
-    uint64_t block_bytes = (uint64_t)t->n_layer * 2 * t->n_kv_head * t->block_tokens * t->head_dim * t->elem_bytes;
-    uint64_t pool_blocks = t->pool_bytes / block_bytes;
-    if (pool_blocks == 0) {
-        snprintf(err, cap, "kv_target.pool_bytes: %llu does not hold one %llu-byte block",
-                 (unsigned long long)t->pool_bytes, (unsigned long long)block_bytes);
-        return DUET_ERR_INVALID;
-    }
-    for (size_t i = 0; i < t->n_block_ids; i++)
-        if (t->block_ids[i] >= pool_blocks) {
-            snprintf(err, cap, "kv_target.block_ids[%zu]: block %u is outside the decode pool of %llu blocks",
-                     i, t->block_ids[i], (unsigned long long)pool_blocks);
-            return DUET_ERR_INVALID;
-        }
-    if (t->n_block_generations != t->n_block_ids) {
-        snprintf(err, cap, "kv_target.block_generations: %zu, one per block id (%zu) needed",
-                 t->n_block_generations, t->n_block_ids);
-        return DUET_ERR_INVALID;
-    }
-    if (!t->decode_instance_id[0] || strlen(t->decode_instance_id) >= ID_MAX) {
-        snprintf(err, cap, "kv_target.decode_instance_id: must be 1 to %d bytes", ID_MAX - 1);
-        return DUET_ERR_INVALID;
-    }
-    if (!t->ucx_worker_address.len || !t->rkey.len) {
-        snprintf(err, cap, "kv_target.%s: empty", t->rkey.len ? "ucx_worker_address" : "rkey");
-        return DUET_ERR_INVALID;
-    }
-    return DUET_OK;
-}
-
 static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage *msg, void *arg)
 {
     prefill_t *p = arg;
@@ -847,14 +756,12 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
         duet_rpc_call_set_error(call, "prefill instance stopping");
         return DUET_ERR_UNAVAILABLE;
     }
-    duet_status_t st = validate(p, q, err, sizeof err);
+    const duet_hparams_t *hp = &p->model->hp;
+    const duet_prefill_limits_t lim = {p->n_ctx, p->n_vocab, hp->n_layer, hp->n_kv_head, hp->head_dim};
     duet_sampling_t sampling;
-    if (st == DUET_OK) {
-        sampling_from_proto(q->sampling, &sampling);
-        if (!q->sampling || !q->sampling->has_seed)
-            sampling.seed = (uint64_t)duet_clock_ns();
-        st = duet_sampling_validate(&sampling, err, sizeof err);
-    }
+    duet_status_t st = duet_prefill_request_check(q, &lim, &sampling, err, sizeof err);
+    if (st == DUET_OK && (!q->sampling || !q->sampling->has_seed))
+        sampling.seed = (uint64_t)duet_clock_ns();
     if (st != DUET_OK) {
         duet_log_info("prefill: request %s: refused: %s", q->request_id, err);
         duet_rpc_call_set_error(call, "%s", err);

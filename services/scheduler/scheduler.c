@@ -14,11 +14,10 @@
 
 #include "duet/v1/scheduler.pb-c.h"
 #include "log.h"
+#include "placement.h"
 #include "scheduler.h"
 #include "service.h"
 #include "state.h"
-
-#define BLOCK_TOKENS 16   /* KV block size (DESIGN.md §3) */
 
 typedef struct {
     duet_service_common_t common;
@@ -58,90 +57,6 @@ typedef struct {
     duet_metrics_outcomes_t routes;         /* duet_requests_total: Route calls by outcome */
 } sched_t;
 
-/* ---- placement ------------------------------------------------------------------------------ */
-
-typedef struct {
-    const duet_state_inst_t *decode;        /* NULL when no placement */
-    const duet_state_inst_t *prefill;       /* NULL: the decode instance prefills locally */
-} placement_t;
-
-static int excluded(const Duet__V1__RouteRequest *rq, const char *id)
-{
-    for (size_t i = 0; i < rq->n_exclude_instances; i++)
-        if (rq->exclude_instances[i] && strcmp(rq->exclude_instances[i], id) == 0)
-            return 1;
-    return 0;
-}
-
-static uint32_t next_rand(uint32_t *seed)
-{
-    *seed = *seed * 1664525u + 1013904223u;
-    return *seed >> 8;
-}
-
-/* Chooses from the live instances. Exact ties are broken at random so that requests arriving
- * between two heartbeats (same reported load) spread over equal instances instead of piling
- * onto the first. Returns UNAVAILABLE (no decode instance at all) or EXHAUSTED (none with room),
- * with the reason in msg. */
-static duet_status_t place(const duet_state_inst_t *insts, int n, const Duet__V1__RouteRequest *rq,
-                           uint32_t *seed, placement_t *out, char *msg, size_t msg_cap)
-{
-    uint64_t need = ((uint64_t)rq->prompt_tokens + rq->max_tokens + BLOCK_TOKENS - 1) / BLOCK_TOKENS;
-    const duet_state_inst_t *best = NULL;
-    int n_decode = 0, n_best = 0;
-    int64_t most_free = -1;
-    for (int i = 0; i < n; i++) {
-        const duet_state_inst_t *in = &insts[i];
-        if ((in->role != DUET_ROLE_DECODE && in->role != DUET_ROLE_MIXED) || excluded(rq, in->id) ||
-            !in->grpc_addr[0])
-            continue;
-        n_decode++;
-        if (in->load.kv_blocks_free > most_free)
-            most_free = in->load.kv_blocks_free;
-        if (in->load.kv_blocks_free < 0 || (uint64_t)in->load.kv_blocks_free < need)
-            continue;
-        int better = !best || in->load.kv_blocks_free > best->load.kv_blocks_free ||
-                     (in->load.kv_blocks_free == best->load.kv_blocks_free &&
-                      in->load.running_seqs < best->load.running_seqs);
-        int tie = best && in->load.kv_blocks_free == best->load.kv_blocks_free &&
-                  in->load.running_seqs == best->load.running_seqs;
-        if (better) {
-            best = in;
-            n_best = 1;
-        } else if (tie && next_rand(seed) % (uint32_t)++n_best == 0) {
-            best = in;   /* reservoir sampling over the equal ones */
-        }
-    }
-    if (n_decode == 0) {
-        snprintf(msg, msg_cap, "no live decode instance");
-        return DUET_ERR_UNAVAILABLE;
-    }
-    if (!best) {
-        snprintf(msg, msg_cap, "no decode instance has %llu free KV blocks for %u prompt + %u new tokens "
-                 "(most free: %lld)", (unsigned long long)need, rq->prompt_tokens, rq->max_tokens,
-                 (long long)most_free);
-        return DUET_ERR_EXHAUSTED;
-    }
-    out->decode = best;
-    out->prefill = NULL;
-    if (best->role == DUET_ROLE_MIXED)
-        return DUET_OK;   /* a mixed instance prefills its own requests */
-    int n_tied = 0;
-    for (int i = 0; i < n; i++) {
-        const duet_state_inst_t *in = &insts[i];
-        if (in->role != DUET_ROLE_PREFILL || excluded(rq, in->id) || !in->grpc_addr[0])
-            continue;
-        if (!out->prefill || in->load.queued_tokens < out->prefill->load.queued_tokens) {
-            out->prefill = in;
-            n_tied = 1;
-        } else if (in->load.queued_tokens == out->prefill->load.queued_tokens &&
-                   next_rand(seed) % (uint32_t)++n_tied == 0) {
-            out->prefill = in;
-        }
-    }
-    return DUET_OK;   /* no prefill instance: the decode instance falls back to local prefill */
-}
-
 /* ---- the two methods, run by a worker ------------------------------------------------------- */
 
 /* A Redis connection for this worker, (re)made on demand; NULL while Redis is unreachable. */
@@ -180,9 +95,9 @@ static void do_route(sched_t *s, duet_state_t **store, duet_rpc_call_t *call,
         duet_rpc_call_finish(call, DUET_ERR_UNAVAILABLE, "scheduler: Redis unavailable");
         return;
     }
-    placement_t p;
+    duet_sched_placement_t p;
     char msg[256];
-    status = place(insts, n, rq, seed, &p, msg, sizeof msg);
+    status = duet_sched_place(insts, n, rq, seed, &p, msg, sizeof msg);
     if (status != DUET_OK) {
         duet_log_debug("scheduler: request %s: %s", rid, msg);   /* the gateway logs it once */
         duet_state_inst_list_free(insts);
