@@ -45,6 +45,7 @@ typedef struct {
     int sweep_probes;
     float sweep_precision;
     const char *plot;
+    int retries;
     int quiet;
 } load_conf_t;
 
@@ -77,6 +78,7 @@ static const duet_conf_opt_t load_opts[] = {
     OPT("sweep-probes", NULL, DUET_CONF_INT, sweep_probes, "10", "probes at most (doubling, then bisection)"),
     OPT("sweep-precision", NULL, DUET_CONF_FLOAT, sweep_precision, "0.1", "stop bisecting when bad and good rates are this close (relative)"),
     OPT("plot", NULL, DUET_CONF_STR, plot, NULL, "draw attainment vs rate (sweep) and TTFT/TPOT CDFs into FILE.png with gnuplot"),
+    OPT("retries", NULL, DUET_CONF_INT, retries, "0", "send a request again, up to N times, after a retriable failure (UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, finish error); back-off 200 ms doubling to 5 s; its TTFT and E2E count from the first send"),
     OPT("quiet", NULL, DUET_CONF_BOOL, quiet, "false", "no progress line on stderr"),
 };
 #undef OPT
@@ -142,7 +144,7 @@ static duet_status_t run_once(load_t *L, double rate)
         .client = &L->client, .workload = &wl, .tokens = &L->tokens, .seed = (uint64_t)c->seed,
         .concurrency = c->concurrency, .max_inflight = c->max_inflight, .duration_s = c->duration,
         .requests = c->requests, .rate = c->concurrency > 0 ? 0 : rate, .probe = L->n_runs,
-        .progress = !c->quiet, .stop = &stop_flag,
+        .progress = !c->quiet, .stop = &stop_flag, .retries = c->retries,
     };
     duet_load_run_t *run = &L->runs[L->n_runs];
     duet_status_t st = duet_load_run(&rc, run);
@@ -174,7 +176,8 @@ static duet_status_t probe(double rate, void *arg, double *attainment)
 /* Checks option combinations; one line into err when they make no sense. */
 static int check_conf(const load_conf_t *c, char *err, size_t n)
 {
-    if (c->rate < 0 || c->concurrency < 0 || c->duration < 0 || c->requests < 0 || c->trace_offset < 0)
+    if (c->rate < 0 || c->concurrency < 0 || c->duration < 0 || c->requests < 0 || c->trace_offset < 0 ||
+        c->retries < 0)
         snprintf(err, n, "--rate, --concurrency, --duration, --requests and --trace-offset cannot be negative");
     else if (c->rate > 0 && c->concurrency > 0)
         snprintf(err, n, "--rate (open loop) and --concurrency (closed loop) exclude each other");

@@ -101,6 +101,9 @@ void duet_load_report_text(FILE *out, const duet_load_summary_t *s, const duet_l
     fprintf(out, "duration:    %.2f s\n", s->duration_s);
     fprintf(out, "requests:    %zu offered, %zu sent, %zu ok, %zu failed, %zu dropped by the client\n",
             s->requests, s->sent, s->ok, s->failed, s->dropped);
+    if (s->retries)
+        fprintf(out, "retries:     %zu requests sent again after a retriable failure, %zu extra sends\n",
+                s->retried, s->retries);
     for (int i = 0; i < s->n_status; i++)
         fprintf(out, "  %-20s %6zu  %s\n", s->by_status[i].status, s->by_status[i].count,
                 s->by_status[i].error ? s->by_status[i].error : "");
@@ -146,8 +149,9 @@ static void json_summary_fields(FILE *out, const duet_load_summary_t *s, double 
 {
     fprintf(out, "\"rate\":");
     duet_load_json_number(out, rate);
-    fprintf(out, ",\"requests\":%zu,\"sent\":%zu,\"ok\":%zu,\"failed\":%zu,\"dropped\":%zu,",
-            s->requests, s->sent, s->ok, s->failed, s->dropped);
+    fprintf(out, ",\"requests\":%zu,\"sent\":%zu,\"ok\":%zu,\"failed\":%zu,\"dropped\":%zu,"
+                 "\"retried\":%zu,\"retries\":%zu,",
+            s->requests, s->sent, s->ok, s->failed, s->dropped, s->retried, s->retries);
     fputs("\"by_status\":{", out);
     for (int i = 0; i < s->n_status; i++) {
         if (i)

@@ -41,6 +41,40 @@ typedef struct {
     int id;
 } worker_arg_t;
 
+/* A failure the same request may succeed after: the mesh was briefly without an instance, over
+ * a limit, or lost a stream it could not re-place. The request is sent again whole, under the
+ * same id prefix, after a back-off that doubles from 200 ms to 5 s; its times keep the first
+ * send, so a retry's delay counts against TTFT and E2E. */
+static int retriable(const duet_load_result_t *r)
+{
+    return strcmp(r->status, "UNAVAILABLE") == 0 || strcmp(r->status, "RESOURCE_EXHAUSTED") == 0 ||
+           strcmp(r->status, "ABORTED") == 0 || strcmp(r->status, "finish_error") == 0;
+}
+
+static void send_with_retries(const duet_load_run_conf_t *conf, run_state_t *s, duet_load_slot_t *slot,
+                              const uint32_t *ids, const char *rid, duet_load_result_t *r)
+{
+    int64_t first_send = -1, backoff_ms = 200;
+    for (int attempt = 0;; attempt++) {
+        char id[96];
+        if (attempt == 0)
+            snprintf(id, sizeof id, "%s", rid);
+        else
+            snprintf(id, sizeof id, "%s.r%d", rid, attempt);
+        duet_load_client_generate(conf->client, ids, r->prompt_tokens, id, s->t0_ns, slot, &s->tokens, r);
+        if (first_send < 0)
+            first_send = r->send_ns;
+        r->send_ns = first_send;
+        r->retries = attempt;
+        if (attempt >= conf->retries || !retriable(r) || (conf->stop && *conf->stop))
+            return;
+        struct timespec ts = {(time_t)(backoff_ms / 1000), (long)(backoff_ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        if (backoff_ms < 5000)
+            backoff_ms *= 2;
+    }
+}
+
 static void *worker_main(void *p)
 {
     worker_arg_t *wa = p;
@@ -79,8 +113,7 @@ static void *worker_main(void *p)
             snprintf(rid, sizeof rid, "load-%llx-%d-%zu", (unsigned long long)s->id_stamp,
                      conf->probe, r.index);
             duet_load_prompt_ids(conf->tokens, conf->seed, r.index, ids, r.prompt_tokens);
-            duet_load_client_generate(conf->client, ids, r.prompt_tokens, rid, s->t0_ns, slot,
-                                      &s->tokens, &r);
+            send_with_retries(conf, s, slot, ids, rid, &r);
         }
 
         pthread_mutex_lock(&s->lock);

@@ -23,6 +23,7 @@ typedef struct {
     double rate;                           /* recorded in each result (0: closed loop/trace) */
     int probe;                             /* recorded in each result; part of request ids */
     int progress;                          /* print a progress line on stderr every second */
+    int retries;                           /* sends again after a retriable failure, at most */
     volatile sig_atomic_t *stop;           /* set (e.g. by SIGINT): stop sending, cancel all */
 } duet_load_run_conf_t;
 

@@ -121,6 +121,8 @@ int duet_load_summarize(const duet_load_result_t *results, size_t n, double dura
             continue;
         }
         s.sent++;
+        s.retried += r->retries > 0;
+        s.retries += (size_t)r->retries;
         double lag = (double)(r->send_ns - r->scheduled_ns) / 1e6;
         if (lag > s.max_lag_ms)
             s.max_lag_ms = lag;

@@ -24,6 +24,7 @@ typedef struct {
     const char *status;           /* "ok", "dropped" (client at --max-inflight), or a gRPC
                                      status name / "finish_error" / "no_tokens"; static text */
     char        error[128];       /* the server's message for a failure */
+    int         retries;          /* times it was sent again after a retriable failure (--retries) */
 } duet_load_result_t;
 
 /* Latency metrics in milliseconds; each returns 1 and sets *ms when defined for r, else 0.
@@ -58,6 +59,7 @@ void duet_load_dist_of(double *v, size_t n, duet_load_dist_t *dist);
 typedef struct {
     size_t requests;        /* offered: sent + dropped by the client */
     size_t sent, ok, failed, dropped;
+    size_t retried, retries;   /* requests sent more than once, and the extra sends */
     struct {
         const char *status;
         size_t count;

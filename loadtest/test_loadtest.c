@@ -399,7 +399,8 @@ static void finish_cancelled(void *stream)
 }
 
 /* Streams max_tokens tokens (two per message, so TPOT counts tokens, not messages); a prompt of
- * exactly 7 tokens is refused with RESOURCE_EXHAUSTED; output 99 holds the stream until cancelled. */
+ * exactly 7 tokens is refused with RESOURCE_EXHAUSTED; output 99 holds the stream until cancelled;
+ * output 5 fails with UNAVAILABLE but on a request's third send (its id ends ".r2"). */
 static void fake_generate(duet_rpc_stream_t *stream, const ProtobufCMessage *request, void *arg)
 {
     (void)arg;
@@ -416,6 +417,11 @@ static void fake_generate(duet_rpc_stream_t *stream, const ProtobufCMessage *req
         return;
     }
     uint32_t n = req->stop ? req->stop->max_tokens : 1;
+    const char *rid = req->request_id ? req->request_id : "";
+    if (n == 5 && (strlen(rid) < 3 || strcmp(rid + strlen(rid) - 3, ".r2") != 0)) {
+        duet_rpc_stream_finish(stream, DUET_ERR_UNAVAILABLE, "no decode instance");
+        return;
+    }
     if (n == 99) {
         atomic_fetch_add(&held, 1);
         duet_rpc_stream_on_cancel(stream, finish_cancelled, stream);
@@ -549,6 +555,25 @@ static void test_runs_against_fake_gateway(void)
     CHECK(duet_load_summarize(run.results, run.n, run.duration_s, &none, &s) == 0);
     CHECK(run.n == 12 && s.ok == 12 && s.output_tokens == 48);
     free(run.results);
+
+    /* Retriable failures: sent again up to --retries times; the times count from the first send. */
+    for (int retries = 1; retries <= 2; retries++) {
+        duet_load_workload_synthetic(&wl, 0, 16, 16, 5, 512, 3);
+        rc = (duet_load_run_conf_t){.client = &client, .workload = &wl, .tokens = &tok, .seed = 3,
+                                    .concurrency = 2, .requests = 3, .stop = &stop, .retries = retries};
+        CHECK(duet_load_run(&rc, &run) == DUET_OK);
+        CHECK(duet_load_summarize(run.results, run.n, run.duration_s, &none, &s) == 0);
+        int all = 1;
+        for (size_t i = 0; i < run.n; i++)
+            all &= run.results[i].retries == retries &&
+                   strcmp(run.results[i].status, retries == 2 ? "ok" : "UNAVAILABLE") == 0;
+        CHECK_MSG(run.n == 3 && all && s.retried == 3 && s.retries == 3 * (size_t)retries &&
+                  s.ok == (retries == 2 ? 3u : 0u), "retries %d: ok %zu retried %zu retries %zu", retries,
+                  s.ok, s.retried, s.retries);
+        if (retries == 2)   /* two back-offs (200 + 400 ms) before the first token */
+            CHECK(run.results[0].first_ns - run.results[0].send_ns >= 600000000ll);
+        free(run.results);
+    }
 
     /* Held streams: 2 in flight at most, the other arrivals dropped by the client; a stop
      * cancels the held ones, which end CANCELLED. */
