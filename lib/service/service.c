@@ -26,6 +26,8 @@ struct duet_service {
     void *state;
     duet_rpc_server_t *server;
     duet_metrics_t *metrics;
+    duet_rpc_tls_t server_tls, client_tls;
+    duet_rpc_client_conf_t client_conf;
 
     pthread_t heartbeat;
     pthread_mutex_t lock;
@@ -43,6 +45,11 @@ static const duet_conf_opt_t common_opts[] = {
     COMMON("log-level", "DUET_LOG_LEVEL", DUET_CONF_STR, log_level, "info", "error, warn, info or debug"),
     COMMON("cq-threads", "DUET_CQ_THREADS", DUET_CONF_INT, cq_threads, "2", "gRPC completion-queue threads"),
     COMMON("metrics-port", "DUET_METRICS_PORT", DUET_CONF_INT, metrics_port, "-1", "Prometheus /metrics HTTP port (0: any free port, -1: off)"),
+    COMMON("max-message-mb", "DUET_MAX_MESSAGE_MB", DUET_CONF_INT, max_message_mb, "16", "largest gRPC message sent or received, MiB (a 128k-token prompt with its text fits in ~9)"),
+    COMMON("tls-cert", "DUET_TLS_CERT", DUET_CONF_STR, tls_cert, "", "PEM certificate: serve TLS on --listen (with --tls-key); also the client certificate of outgoing calls"),
+    COMMON("tls-key", "DUET_TLS_KEY", DUET_CONF_STR, tls_key, "", "PEM private key of --tls-cert"),
+    COMMON("tls-ca", "DUET_TLS_CA", DUET_CONF_STR, tls_ca, "", "PEM CA bundle: calls to other services use TLS and verify them with it; verifies client certificates"),
+    COMMON("tls-client-auth", "DUET_TLS_CLIENT_AUTH", DUET_CONF_BOOL, tls_client_auth, "false", "require client certificates signed by --tls-ca (mutual TLS)"),
 };
 #undef COMMON
 #define N_COMMON ((int)(sizeof common_opts / sizeof common_opts[0]))
@@ -53,6 +60,38 @@ duet_inst_role_t duet_service_role(const duet_service_t *svc) { return svc->role
 void duet_service_set_role(duet_service_t *svc, duet_inst_role_t role) { svc->role = role; }
 const duet_service_common_t *duet_service_common(const duet_service_t *svc) { return svc->common; }
 duet_metrics_t *duet_service_metrics(const duet_service_t *svc) { return svc->metrics; }
+const duet_rpc_client_conf_t *duet_service_client_conf(const duet_service_t *svc) { return &svc->client_conf; }
+
+static int set(const char *s)
+{
+    return s && s[0];
+}
+
+/* The server's and the clients' TLS and limits from the common options; -1 when they do not fit. */
+static int transport_setup(duet_service_t *svc)
+{
+    const duet_service_common_t *c = svc->common;
+    if (c->max_message_mb < 1 || c->max_message_mb > 2047) {
+        duet_log_error("%s: --max-message-mb must be in 1..2047", svc->def->name);
+        return -1;
+    }
+    if (set(c->tls_cert) != set(c->tls_key)) {
+        duet_log_error("%s: --tls-cert and --tls-key go together", svc->def->name);
+        return -1;
+    }
+    if (c->tls_client_auth && !(set(c->tls_cert) && set(c->tls_ca))) {
+        duet_log_error("%s: --tls-client-auth needs --tls-cert, --tls-key and --tls-ca", svc->def->name);
+        return -1;
+    }
+    svc->server_tls = (duet_rpc_tls_t){ .cert = c->tls_cert, .key = c->tls_key, .ca = c->tls_ca,
+                                        .client_auth = c->tls_client_auth };
+    svc->client_tls = (duet_rpc_tls_t){ .cert = c->tls_cert, .key = c->tls_key, .ca = c->tls_ca };
+    svc->client_conf = (duet_rpc_client_conf_t){
+        .tls = set(c->tls_ca) ? &svc->client_tls : NULL,
+        .max_message_bytes = (size_t)c->max_message_mb << 20,
+    };
+    return 0;
+}
 
 static duet_status_t register_instance(duet_service_t *svc, duet_state_t *store)
 {
@@ -184,6 +223,10 @@ int duet_service_main(const duet_service_def_t *def, int argc, char **argv)
 
     const duet_rpc_method_t *methods = NULL;
     int n_methods = 0;
+    if (transport_setup(&svc) != 0) {
+        rc = 2;
+        goto out_free;
+    }
     if (duet_metrics_create(&svc.metrics) != DUET_OK)
         goto out_free;
     duet_status_t st = def->start(&svc, conf, &svc.state, &methods, &n_methods);
@@ -202,6 +245,8 @@ int duet_service_main(const duet_service_def_t *def, int argc, char **argv)
         .methods = methods,
         .n_methods = n_methods,
         .n_threads = svc.common->cq_threads,
+        .max_message_bytes = svc.client_conf.max_message_bytes,
+        .tls = set(svc.common->tls_cert) ? &svc.server_tls : NULL,
     };
     if ((st = duet_rpc_server_create(&sc, &svc.server)) != DUET_OK) {
         duet_log_error("%s: cannot listen on %s: %s", def->name, svc.common->listen, duet_status_str(st));
@@ -215,7 +260,9 @@ int duet_service_main(const duet_service_def_t *def, int argc, char **argv)
         duet_log_error("%s: cannot start the heartbeat thread", def->name);
         goto out_server;
     }
-    duet_log_info("%s: serving on %s as %s", def->name, svc.address, svc.id);
+    duet_log_info("%s: serving on %s as %s (%s)", def->name, svc.address, svc.id,
+                  !set(svc.common->tls_cert) ? "plaintext"
+                  : svc.common->tls_client_auth ? "mutual TLS" : "TLS");
 
     int sig = 0;
     sigwait(&sigs, &sig);

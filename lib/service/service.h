@@ -23,6 +23,13 @@ typedef struct {
     const char *log_level;
     int cq_threads;            /* gRPC completion-queue threads */
     int metrics_port;          /* Prometheus /metrics port; 0 picks one, -1 serves none */
+    int max_message_mb;        /* gRPC send/receive limit per message, MiB (server and clients) */
+    const char *tls_cert;      /* PEM certificate chain: set (with tls_key) = serve TLS, and the
+                                * client certificate of outgoing calls */
+    const char *tls_key;       /* its private key */
+    const char *tls_ca;        /* PEM CA bundle: set = outgoing calls use TLS and verify servers
+                                * with it; also verifies client certificates */
+    int tls_client_auth;       /* require client certificates signed by tls_ca (mutual TLS) */
 } duet_service_common_t;
 
 typedef struct duet_service duet_service_t;
@@ -58,6 +65,9 @@ duet_inst_role_t  duet_service_role(const duet_service_t *svc);
 /* Sets the role the instance registers with (default from the def's name). Call from start. */
 void              duet_service_set_role(duet_service_t *svc, duet_inst_role_t role);
 const duet_service_common_t *duet_service_common(const duet_service_t *svc);
+/* How the service's own gRPC clients must connect (TLS per --tls-*, the message limit): pass it
+ * to duet_rpc_client_create_conf. Valid for the service's life, from start on. */
+const duet_rpc_client_conf_t *duet_service_client_conf(const duet_service_t *svc);
 /* The service's metric registry (exists even when --metrics-port is -1): register in start. */
 duet_metrics_t   *duet_service_metrics(const duet_service_t *svc);
 

@@ -1103,7 +1103,7 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
     d->n_blocks = c->kv_blocks > 0 ? c->kv_blocks : c->max_seqs * duet_kv_blocks_for(d->n_ctx / 4);
     if (d->n_blocks < duet_kv_blocks_for(d->n_ctx))
         d->n_blocks = duet_kv_blocks_for(d->n_ctx);   /* at least one full context fits */
-    if ((st = duet_rpc_client_create(&d->client)) != DUET_OK) {
+    if ((st = duet_rpc_client_create_conf(duet_service_client_conf(svc), &d->client)) != DUET_OK) {
         duet_log_error("decode: cannot create the gRPC client: %s", duet_status_str(st));
         goto err_free;
     }

@@ -30,10 +30,12 @@
 #include "duet/v1/decode.pb-c.h"
 #include "duet/v1/gateway.pb-c.h"
 #include "duet/v1/scheduler.pb-c.h"
+#include "apikeys.h"
 #include "gateway.h"
 #include "gguf.h"
 #include "log.h"
 #include "model.h"
+#include "ratelimit.h"
 #include "request.h"
 #include "service.h"
 #include "state.h"
@@ -46,12 +48,18 @@ typedef struct {
     duet_service_common_t common;
     const char *model;          /* GGUF path; empty: $DUET_MODEL or the cached default */
     int ctx;                    /* context limit; 0 or more than the model's: the model's */
-    const char *api_keys;       /* comma-separated; empty: no authentication */
+    const char *api_keys;       /* "sha256:<hex>" digests or plain keys; both empty: no authentication */
+    const char *api_keys_file;  /* the same, one per line */
     const char *scheduler;      /* host:port; empty: a live scheduler found in Redis */
     int route_timeout_ms;
     int max_streams;            /* concurrent Generate/Complete calls */
     int redis_timeout_ms;
     int max_retries;            /* new placements after a decode instance fails mid-request */
+    int max_prompt_tokens;      /* prompt tokens after tokenization; 0: only the context limits */
+    int max_queued;             /* accepted requests without a first token yet; 0: no limit */
+    int busy_retry_ms;          /* retry hint when --max-streams or --max-queued is reached */
+    float rate_limit;           /* Generate/Complete requests per second per API key; 0: none */
+    float rate_burst;           /* bucket size; 0: max(1, rate) */
 } gw_conf_t;
 
 #define OPT(flag, env, type, field, def, help) \
@@ -59,12 +67,18 @@ typedef struct {
 static const duet_conf_opt_t gw_opts[] = {
     OPT("model", "DUET_MODEL", DUET_CONF_STR, model, "", "GGUF model file: vocabulary, chat template, context (default: ~/.cache/duet/models/" DUET_DEFAULT_MODEL_FILE ")"),
     OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "context limit in tokens (prompt + generated); capped at the model's; 0: the model's"),
-    OPT("api-keys", "DUET_API_KEYS", DUET_CONF_STR, api_keys, "", "comma-separated API keys clients send as 'authorization: Bearer <key>'; empty: no auth"),
+    OPT("api-keys", "DUET_API_KEYS", DUET_CONF_STR, api_keys, "", "comma-separated API keys clients send as 'authorization: Bearer <key>', as sha256:<hex> digests (printf %s KEY | sha256sum) or plain (hashed at start, then wiped); empty: no auth"),
+    OPT("api-keys-file", "DUET_API_KEYS_FILE", DUET_CONF_STR, api_keys_file, "", "file of API keys, one sha256:<hex> (or plain key) per line, # comments"),
     OPT("scheduler", "DUET_SCHEDULER", DUET_CONF_STR, scheduler, "", "scheduler host:port; empty: a live scheduler registered in Redis"),
     OPT("route-timeout-ms", "DUET_ROUTE_TIMEOUT_MS", DUET_CONF_INT, route_timeout_ms, "2000", "how long to wait for the scheduler's placement"),
     OPT("max-streams", "DUET_MAX_STREAMS", DUET_CONF_INT, max_streams, "256", "concurrent Generate/Complete calls; more get RESOURCE_EXHAUSTED"),
     OPT("redis-timeout-ms", "DUET_REDIS_TIMEOUT_MS", DUET_CONF_INT, redis_timeout_ms, "500", "timeout of one Redis command"),
     OPT("max-retries", "DUET_MAX_RETRIES", DUET_CONF_INT, max_retries, "2", "times a request moves to another decode instance when its own becomes unreachable"),
+    OPT("max-prompt-tokens", "DUET_MAX_PROMPT_TOKENS", DUET_CONF_INT, max_prompt_tokens, "0", "longest prompt accepted, in tokens after tokenization (RESOURCE_EXHAUSTED beyond); 0: only the context limit"),
+    OPT("max-queued", "DUET_MAX_QUEUED", DUET_CONF_INT, max_queued, "0", "accepted requests still waiting for their first token; more get RESOURCE_EXHAUSTED; 0: no limit"),
+    OPT("busy-retry-ms", "DUET_BUSY_RETRY_MS", DUET_CONF_INT, busy_retry_ms, "1000", "retry-after-ms hint sent when --max-streams or --max-queued is reached"),
+    OPT("rate-limit", "DUET_RATE_LIMIT", DUET_CONF_FLOAT, rate_limit, "0", "Generate/Complete requests per second per API key (one shared bucket without keys); 0: no limit"),
+    OPT("rate-burst", "DUET_RATE_BURST", DUET_CONF_FLOAT, rate_burst, "0", "requests a key may send at once above --rate-limit; 0: max(1, rate)"),
 };
 #undef OPT
 
@@ -81,6 +95,7 @@ typedef struct {
     pthread_t thread;
     int joinable;                           /* thread not joined yet (under gw->mu) */
     int busy;                               /* under gw->mu */
+    int queued;                             /* counted in gw->queued (under gw->mu) */
 
     /* The request, set by the handler before the worker starts; the worker's alone after. */
     int unary;                              /* Complete: accumulate, reply once */
@@ -106,10 +121,8 @@ struct gw {
     uint32_t *eos_ids;                      /* [n_eos]: every token that ends generation */
     int n_eos;
 
-    char *keys_buf;                         /* the --api-keys copy the keys point into */
-    const char **keys;                      /* [n_keys] */
-    size_t *key_lens;
-    int n_keys;
+    duet_apikeys_t keys;                    /* SHA-256 digests only */
+    duet_ratelimit_t rate;                  /* one bucket per key (or one for all) */
 
     duet_rpc_client_t *client;
     pthread_mutex_t store_mu;               /* one Redis connection shared by the workers */
@@ -119,6 +132,7 @@ struct gw {
     pthread_cond_t idle;
     slot_t *slots;                          /* [max_streams] */
     int active;
+    int queued;                             /* accepted, no first token yet (--max-queued) */
 
     duet_rpc_method_t methods[4];
 
@@ -224,29 +238,39 @@ static char *escape_piece(const char *bytes, size_t n)
     return out;
 }
 
-/* Constant-time equality, so the time taken does not tell how much of a guessed key is right. */
-static int ct_equal(const char *a, size_t a_len, const char *b, size_t b_len)
+/* DUET_OK when no keys are configured or the call carries one of them (its index in *key_p, -1
+ * without keys). The key is hashed and compared with every digest in constant time. */
+static duet_status_t authenticate_key(const gw_t *gw, duet_rpc_call_t *call, int *key_p)
 {
-    unsigned diff = (unsigned)(a_len ^ b_len);
-    for (size_t i = 0; i < b_len; i++)
-        diff |= (unsigned char)(b[i] ^ (i < a_len ? a[i] : 0));
-    return diff == 0;
-}
-
-/* DUET_OK when no keys are configured or the call carries one of them; every key is compared. */
-static duet_status_t authenticate(const gw_t *gw, duet_rpc_call_t *call)
-{
-    if (gw->n_keys == 0)
+    *key_p = -1;
+    if (gw->keys.n == 0)
         return DUET_OK;
     const char *got = duet_rpc_call_bearer(call);
-    size_t got_len = got ? strlen(got) : 0;
-    int ok = 0;
-    for (int i = 0; i < gw->n_keys; i++)
-        ok |= ct_equal(got ? got : "", got_len, gw->keys[i], gw->key_lens[i]);
-    if (ok && got_len > 0)
+    int i = got ? duet_apikeys_match(&gw->keys, got, strlen(got)) : -1;
+    if (i >= 0) {
+        *key_p = i;
         return DUET_OK;
+    }
     duet_rpc_call_set_error(call, got ? "invalid API key" : "missing API key (authorization: Bearer <key>)");
     return DUET_ERR_UNAUTHENTICATED;
+}
+
+static duet_status_t authenticate(const gw_t *gw, duet_rpc_call_t *call)
+{
+    int key;
+    return authenticate_key(gw, call, &key);
+}
+
+/* Leaves the --max-queued count once the request has its first token or has ended. */
+static void queue_leave(slot_t *s)
+{
+    gw_t *gw = s->gw;
+    pthread_mutex_lock(&gw->mu);
+    if (s->queued) {
+        s->queued = 0;
+        gw->queued--;
+    }
+    pthread_mutex_unlock(&gw->mu);
 }
 
 /* ---- Redis ---------------------------------------------------------------------------------- */
@@ -623,8 +647,10 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
         if (dm->n_token_ids) {
             *produced_p = 1;
             s->t_last_ns = duet_clock_ns();
-            if (!s->t_first_ns)
+            if (!s->t_first_ns) {
                 s->t_first_ns = s->t_last_ns;
+                queue_leave(s);   /* streaming now: no longer counts against --max-queued */
+            }
             s->n_out += (uint32_t)dm->n_token_ids;
         }
         if (dm->finish_reason != DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED) {
@@ -830,6 +856,8 @@ static void *worker_main(void *arg)
     s->prompt = NULL;
     s->req = NULL;
     pthread_mutex_lock(&gw->mu);
+    gw->queued -= s->queued;
+    s->queued = 0;
     s->busy = 0;
     gw->active--;
     pthread_cond_broadcast(&gw->idle);
@@ -859,17 +887,28 @@ static duet_gateway_model_t model_of(const gw_t *gw)
 /* ---- handlers ------------------------------------------------------------------------------- */
 
 /* Takes a free slot (joining the thread that last used it, which has finished or is just
- * returning); NULL when --max-streams are busy. */
-static slot_t *slot_acquire(gw_t *gw)
+ * returning), counted as queued until its first token; NULL when --max-streams are busy or
+ * --max-queued requests are already waiting (the refusal's text in err). */
+static slot_t *slot_acquire(gw_t *gw, char *err, size_t cap)
 {
     slot_t *s = NULL;
     pthread_mutex_lock(&gw->mu);
+    if (gw->conf->max_queued > 0 && gw->queued >= gw->conf->max_queued) {
+        snprintf(err, cap, "gateway: %d requests already waiting for their first token (--max-queued)",
+                 gw->queued);
+        pthread_mutex_unlock(&gw->mu);
+        return NULL;
+    }
     for (int i = 0; i < gw->conf->max_streams && !s; i++)
         if (!gw->slots[i].busy)
             s = &gw->slots[i];
     if (s) {
         s->busy = 1;
+        s->queued = 1;
         gw->active++;
+        gw->queued++;
+    } else {
+        snprintf(err, cap, "gateway: %d streams already active (--max-streams)", gw->conf->max_streams);
     }
     pthread_mutex_unlock(&gw->mu);
     if (s && s->joinable) {
@@ -887,6 +926,8 @@ static void slot_release(gw_t *gw, slot_t *s)
     s->call = NULL;
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_lock(&gw->mu);
+    gw->queued -= s->queued;
+    s->queued = 0;
     s->busy = 0;
     gw->active--;
     pthread_cond_broadcast(&gw->idle);
@@ -897,9 +938,17 @@ static void slot_release(gw_t *gw, slot_t *s)
  * status with the message set on the call; DUET_OK means a worker now owns the call. */
 static duet_status_t begin(gw_t *gw, duet_rpc_call_t *call, const Duet__V1__GenerateRequest *req, int unary)
 {
-    duet_status_t status = authenticate(gw, call);
+    int key;
+    duet_status_t status = authenticate_key(gw, call, &key);
     if (status != DUET_OK)
         return status;
+    int64_t wait_ms = duet_ratelimit_take(&gw->rate, key, duet_clock_ns());
+    if (wait_ms > 0) {
+        duet_rpc_call_set_retry_after(call, wait_ms);
+        duet_rpc_call_set_error(call, "gateway: rate limit of %g requests/s (burst %g) reached; retry after %lld ms",
+                                gw->rate.rate, gw->rate.burst, (long long)wait_ms);
+        return DUET_ERR_EXHAUSTED;
+    }
     duet_gateway_request_t tmp;
     char err[MSG_MAX];
     duet_gateway_model_t m = model_of(gw);
@@ -908,11 +957,19 @@ static duet_status_t begin(gw_t *gw, duet_rpc_call_t *call, const Duet__V1__Gene
         duet_rpc_call_set_error(call, "%s", status == DUET_ERR_NOMEM ? "gateway: out of memory" : err);
         return status;
     }
-    slot_t *s = slot_acquire(gw);
+    if (gw->conf->max_prompt_tokens > 0 && tmp.n_prompt > gw->conf->max_prompt_tokens) {
+        /* No retry hint: the same prompt will never fit. */
+        duet_rpc_call_set_error(call, "prompt: %d tokens, more than this gateway's limit of %d (--max-prompt-tokens)",
+                                tmp.n_prompt, gw->conf->max_prompt_tokens);
+        free(tmp.prompt);
+        return DUET_ERR_EXHAUSTED;
+    }
+    slot_t *s = slot_acquire(gw, err, sizeof err);
     if (!s) {
         free(tmp.prompt);
-        duet_log_warn("gateway: request %s: refused, %d streams already active", tmp.id, gw->conf->max_streams);
-        duet_rpc_call_set_error(call, "gateway: %d streams already active", gw->conf->max_streams);
+        duet_log_warn("gateway: request %s: refused: %s", tmp.id, err);
+        duet_rpc_call_set_retry_after(call, gw->conf->busy_retry_ms);
+        duet_rpc_call_set_error(call, "%s; retry after %d ms", err, gw->conf->busy_retry_ms);
         return DUET_ERR_EXHAUSTED;
     }
     s->unary = unary;
@@ -1032,30 +1089,24 @@ static duet_status_t on_model_info(duet_rpc_call_t *call, const ProtobufCMessage
 
 /* ---- service definition --------------------------------------------------------------------- */
 
-static duet_status_t parse_keys(gw_t *gw, const char *list)
+/* Loads --api-keys and --api-keys-file as digests. Plain keys are hashed and their text wiped
+ * where it lies: in argv or the environment (which hides them from /proc/PID/cmdline too). */
+static duet_status_t parse_keys(gw_t *gw, const gw_conf_t *c)
 {
-    if (!list || !list[0])
-        return DUET_OK;
-    gw->keys_buf = strdup(list);
-    size_t n_max = 1;
-    for (const char *p = list; *p; p++)
-        n_max += *p == ',';
-    gw->keys = calloc(n_max, sizeof *gw->keys);
-    gw->key_lens = calloc(n_max, sizeof *gw->key_lens);
-    if (!gw->keys_buf || !gw->keys || !gw->key_lens)
-        return DUET_ERR_NOMEM;
-    char *save = NULL;
-    for (char *k = strtok_r(gw->keys_buf, ",", &save); k; k = strtok_r(NULL, ",", &save)) {
-        while (isspace((unsigned char)*k))
-            k++;
-        size_t len = strlen(k);
-        while (len && isspace((unsigned char)k[len - 1]))
-            k[--len] = '\0';
-        if (len) {
-            gw->keys[gw->n_keys] = k;
-            gw->key_lens[gw->n_keys++] = len;
-        }
+    char err[256] = "";
+    duet_status_t st = DUET_OK;
+    /* The strings point into argv or the environment (the default is empty): writable. */
+    if (c->api_keys && c->api_keys[0])
+        st = duet_apikeys_add_list(&gw->keys, (char *)c->api_keys, err, sizeof err);
+    if (st == DUET_OK && c->api_keys_file && c->api_keys_file[0])
+        st = duet_apikeys_add_file(&gw->keys, c->api_keys_file, err, sizeof err);
+    if (st != DUET_OK) {
+        duet_log_error("gateway: %s", st == DUET_ERR_NOMEM ? "out of memory for the API keys" : err);
+        return st;
     }
+    if (gw->keys.n_plain)
+        duet_log_warn("gateway: %d API key(s) given in plain text: hashed and wiped; configure "
+                      "sha256:<hex> digests instead (printf %%s KEY | sha256sum)", gw->keys.n_plain);
     return DUET_OK;
 }
 
@@ -1125,6 +1176,12 @@ static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **stat
                        "the timeouts at least 1 ms");
         return DUET_ERR_INVALID;
     }
+    if (c->max_prompt_tokens < 0 || c->max_queued < 0 || c->busy_retry_ms < 0 || !(c->rate_limit >= 0) ||
+        !(c->rate_burst >= 0)) {
+        duet_log_error("gateway: --max-prompt-tokens, --max-queued, --busy-retry-ms, --rate-limit and "
+                       "--rate-burst must be >= 0");
+        return DUET_ERR_INVALID;
+    }
     gw_t *gw = calloc(1, sizeof *gw);
     if (!gw)
         return DUET_ERR_NOMEM;
@@ -1151,11 +1208,13 @@ static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **stat
         gw->slots[i].gw = gw;
         pthread_mutex_init(&gw->slots[i].mu, NULL);
     }
-    if ((status = parse_keys(gw, c->api_keys)) != DUET_OK)
+    if ((status = parse_keys(gw, c)) != DUET_OK)
+        goto err;
+    if ((status = duet_ratelimit_init(&gw->rate, c->rate_limit, c->rate_burst, gw->keys.n)) != DUET_OK)
         goto err;
     if ((status = load_model(gw, c)) != DUET_OK)
         goto err;
-    if ((status = duet_rpc_client_create(&gw->client)) != DUET_OK)
+    if ((status = duet_rpc_client_create_conf(duet_service_client_conf(svc), &gw->client)) != DUET_OK)
         goto err;
     /* Redis may come later: a failure here is retried on the first request. */
     if (duet_state_connect(c->common.redis, c->redis_timeout_ms, &gw->store) != DUET_OK) {
@@ -1170,8 +1229,13 @@ static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **stat
                                          &duet__v1__tokenize_request__descriptor, on_tokenize, NULL, gw};
     gw->methods[3] = (duet_rpc_method_t){"/duet.v1.Gateway/ModelInfo", DUET_RPC_UNARY,
                                          &duet__v1__model_info_request__descriptor, on_model_info, NULL, gw};
-    if (gw->n_keys == 0)
+    if (gw->keys.n == 0)
         duet_log_info("gateway: no API keys configured: every client is accepted");
+    else
+        duet_log_info("gateway: %d API key(s) (SHA-256 digests)", gw->keys.n);
+    if (c->rate_limit > 0)
+        duet_log_info("gateway: rate limit %g requests/s, burst %g, %s", gw->rate.rate, gw->rate.burst,
+                      gw->keys.n ? "per API key" : "shared by all clients");
     *state_p = gw;
     *methods_p = gw->methods;
     *n_methods_p = 4;
@@ -1217,9 +1281,8 @@ static void gw_stop(void *state)
     duet_chat_template_cleanup(&gw->chat);
     duet_tokenizer_destroy(gw->tok);
     duet_gguf_close(gw->gguf);
-    free(gw->keys);
-    free(gw->key_lens);
-    free(gw->keys_buf);
+    duet_apikeys_cleanup(&gw->keys);
+    duet_ratelimit_cleanup(&gw->rate);
     pthread_cond_destroy(&gw->idle);
     pthread_mutex_destroy(&gw->mu);
     pthread_mutex_destroy(&gw->store_mu);
