@@ -136,8 +136,10 @@ static void *heartbeat_main(void *arg)
                 registered = 0;  /* expired (a long pause, or Redis restarted): register again */
         }
         if (st != DUET_OK && st != DUET_ERR_NOT_FOUND && !down_logged) {
+            char url[256];
+            duet_state_url_redact(svc->common->redis, url, sizeof url);
             duet_log_warn("%s: Redis at %s is unavailable (%s); retrying", svc->def->name,
-                          svc->common->redis, store ? duet_state_last_error(store) : duet_status_str(st));
+                          url, store ? duet_state_last_error(store) : duet_status_str(st));
             down_logged = 1;
             registered = 0;
         } else if (st == DUET_OK && down_logged) {

@@ -38,6 +38,11 @@ typedef struct duet_state duet_state_t;
  * DUET_ERR_UNAUTHENTICATED when the password is refused. Free the store with duet_state_close. */
 duet_status_t duet_state_connect(const char *url, int timeout_ms, duet_state_t **store_p);
 void          duet_state_close(duet_state_t *store);
+/* With no password in the url, connect takes it from the environment: DUET_REDIS_PASSWORD and,
+ * for an ACL user other than "default", DUET_REDIS_USER; so it need not be on a command line.
+ * The password is sent with AUTH on every (re)connect. */
+/* The url with its password replaced by "***", for logs. */
+void          duet_state_url_redact(const char *url, char *out, size_t cap);
 
 /* Lifetime of request records once they reach DONE, FAILED or CANCELLED (default 1 hour). */
 void          duet_state_set_req_ttl(duet_state_t *store, int ttl_s);

@@ -288,6 +288,9 @@ static duet_status_t ensure_connected(duet_state_t *s)
             state_args_str(&a, s->user);
         state_args_str(&a, s->password);
         st = setup_command(s, &a);
+        if (st == DUET_ERR_UNAUTHENTICATED)
+            duet_log_error("state: Redis at %s refused the credentials of user \"%s\": %s",
+                           s->path[0] ? s->path : s->host, s->user[0] ? s->user : "default", s->err);
     }
     if (st == DUET_OK && s->db) {
         state_args_t a = {0};
@@ -463,10 +466,24 @@ duet_status_t duet_state_connect(const char *url, int timeout_ms, duet_state_t *
     duet_status_t st = parse_url(s, url);
     if (st != DUET_OK)
         goto err_free_store;
+    /* Credentials kept off the command line: used when the url carries none. */
+    const char *env_pw = getenv("DUET_REDIS_PASSWORD"), *env_user = getenv("DUET_REDIS_USER");
+    if (!s->password[0] && env_pw && env_pw[0]) {
+        if (strlen(env_pw) >= sizeof s->password || (env_user && strlen(env_user) >= sizeof s->user)) {
+            st = DUET_ERR_INVALID;
+            goto err_free_store;
+        }
+        strcpy(s->password, env_pw);
+        if (env_user)
+            strcpy(s->user, env_user);
+    }
     st = ensure_connected(s);
     if (st != DUET_OK)
         goto err_free_store;
     st = load_scripts(s);
+    if (st == DUET_ERR_UNAUTHENTICATED && !s->password[0])
+        duet_log_error("state: Redis at %s wants a password (%s): give it in the url "
+                       "(redis://[user]:password@host) or in DUET_REDIS_PASSWORD", s->path[0] ? s->path : s->host, s->err);
     if (st != DUET_OK)
         goto err_close_connection;
     *store_p = s;
@@ -476,6 +493,7 @@ err_close_connection:
     if (s->ctx)
         redisFree(s->ctx);
 err_free_store:
+    explicit_bzero(s->password, sizeof s->password);
     free(s);
     return st;
 }
@@ -486,7 +504,24 @@ void duet_state_close(duet_state_t *store)
         return;
     if (store->ctx)
         redisFree(store->ctx);
+    explicit_bzero(store->password, sizeof store->password);
     free(store);
+}
+
+void duet_state_url_redact(const char *url, char *out, size_t cap)
+{
+    if (!cap)
+        return;
+    const char *scheme = url ? strstr(url, "://") : NULL;
+    const char *at = scheme ? (strncmp(url, "unix://", 7) == 0 ? strstr(scheme + 3, "@/") : strrchr(scheme + 3, '@'))
+                            : NULL;
+    const char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
+    if (!colon) {
+        snprintf(out, cap, "%s", url ? url : "");
+        return;
+    }
+    /* scheme://user:***@rest */
+    snprintf(out, cap, "%.*s:***%s", (int)(colon - url), url, at);
 }
 
 void duet_state_set_req_ttl(duet_state_t *store, int ttl_s)

@@ -1219,7 +1219,9 @@ static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **stat
     /* Redis may come later: a failure here is retried on the first request. */
     if (duet_state_connect(c->common.redis, c->redis_timeout_ms, &gw->store) != DUET_OK) {
         gw->store = NULL;
-        duet_log_warn("gateway: Redis at %s is unavailable for now", c->common.redis);
+        char url[256];
+        duet_state_url_redact(c->common.redis, url, sizeof url);
+        duet_log_warn("gateway: Redis at %s is unavailable for now", url);
     }
     gw->methods[0] = (duet_rpc_method_t){"/duet.v1.Gateway/Generate", DUET_RPC_SERVER_STREAM,
                                          &duet__v1__generate_request__descriptor, NULL, on_generate, gw};

@@ -614,6 +614,113 @@ static void test_throughput_is_reported(void)
     duet_state_close(s);
 }
 
+/* A second redis-server started with --requirepass and an ACL user (the way a deployment runs
+ * it): the right credentials work, from the url or from DUET_REDIS_PASSWORD / DUET_REDIS_USER;
+ * wrong ones are UNAUTHENTICATED; AUTH is sent again after the connection is killed. */
+static void test_requirepass_and_acl_user(void)
+{
+    char auth_sock[128], url[256];
+    snprintf(auth_sock, sizeof auth_sock, "/tmp/duet-test-auth-%ld.sock", (long)getpid());
+    unlink(auth_sock);
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", auth_sock, "--save", "",
+               "--appendonly", "no", "--loglevel", "warning", "--requirepass", "main-pw",
+               "--user", "duet-svc", "on", ">svc-pw", "~*", "&*", "+@all", (char *)NULL);
+        _exit(127);
+    }
+    CHECK(pid > 0);
+    if (pid <= 0)
+        return;
+    duet_state_t *s = NULL;
+    snprintf(url, sizeof url, "unix://:main-pw@%s", auth_sock);
+    duet_status_t st = DUET_ERR_UNAVAILABLE;
+    for (int i = 0; i < 300 && st == DUET_ERR_UNAVAILABLE; i++) {
+        st = duet_state_connect(url, TIMEOUT_MS, &s);
+        if (st == DUET_ERR_UNAVAILABLE)
+            sleep_ms(10);
+    }
+    CHECK_EQ_INT(st, DUET_OK);   /* the default user, --requirepass */
+    if (s) {
+        CHECK_EQ_INT(duet_state_ping(s), DUET_OK);
+        duet_state_close(s);
+        s = NULL;
+    }
+    snprintf(url, sizeof url, "unix://:not-it@%s", auth_sock);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_ERR_UNAUTHENTICATED);
+    snprintf(url, sizeof url, "unix://%s", auth_sock);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_ERR_UNAUTHENTICATED);   /* none at all */
+    snprintf(url, sizeof url, "unix://duet-svc:not-it@%s", auth_sock);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_ERR_UNAUTHENTICATED);
+    snprintf(url, sizeof url, "unix://duet-svc:main-pw@%s", auth_sock);   /* another user's password */
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_ERR_UNAUTHENTICATED);
+
+    /* The ACL user, from the url; its connection killed, the next call logs in again. */
+    snprintf(url, sizeof url, "unix://duet-svc:svc-pw@%s", auth_sock);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_OK);
+    if (s) {
+        CHECK_EQ_INT(duet_state_ping(s), DUET_OK);
+        redisContext *admin = redisConnectUnix(auth_sock);
+        redisReply *r = admin ? redisCommand(admin, "AUTH main-pw") : NULL;
+        CHECK(r && r->type == REDIS_REPLY_STATUS);
+        if (r)
+            freeReplyObject(r);
+        r = admin ? redisCommand(admin, "CLIENT KILL USER duet-svc") : NULL;
+        CHECK_MSG(r && r->type == REDIS_REPLY_INTEGER && r->integer == 1, "CLIENT KILL: %s",
+                  r && r->str ? r->str : "no reply");
+        if (r)
+            freeReplyObject(r);
+        if (admin)
+            redisFree(admin);
+        CHECK_EQ_INT(wait_ping(s), DUET_OK);
+        duet_state_stats_t stats;
+        duet_state_stats(s, &stats);
+        CHECK_EQ_INT(stats.reconnects, 1);
+        duet_state_close(s);
+        s = NULL;
+    }
+
+    /* From the environment, so the password is on no command line. */
+    snprintf(url, sizeof url, "unix://%s", auth_sock);
+    setenv("DUET_REDIS_PASSWORD", "main-pw", 1);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_OK);
+    duet_state_close(s);
+    s = NULL;
+    setenv("DUET_REDIS_USER", "duet-svc", 1);
+    setenv("DUET_REDIS_PASSWORD", "svc-pw", 1);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_OK);
+    duet_state_close(s);
+    s = NULL;
+    setenv("DUET_REDIS_PASSWORD", "wrong", 1);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_ERR_UNAUTHENTICATED);
+    /* A password in the url wins over the environment. */
+    snprintf(url, sizeof url, "unix://:main-pw@%s", auth_sock);
+    CHECK_EQ_INT(duet_state_connect(url, TIMEOUT_MS, &s), DUET_OK);
+    duet_state_close(s);
+    unsetenv("DUET_REDIS_USER");
+    unsetenv("DUET_REDIS_PASSWORD");
+
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    unlink(auth_sock);
+}
+
+static void test_url_redacted_for_logs(void)
+{
+    char out[128];
+    duet_state_url_redact("redis://duet-svc:s3cret@redis:6379/2", out, sizeof out);
+    CHECK(strcmp(out, "redis://duet-svc:***@redis:6379/2") == 0);
+    duet_state_url_redact("redis://:s3cret@10.0.0.5:6380", out, sizeof out);
+    CHECK(strcmp(out, "redis://:***@10.0.0.5:6380") == 0);
+    duet_state_url_redact("unix://u:p@ss@/run/redis.sock", out, sizeof out);
+    CHECK(strcmp(out, "unix://u:***@/run/redis.sock") == 0);
+    duet_state_url_redact("redis://127.0.0.1:6379", out, sizeof out);
+    CHECK(strcmp(out, "redis://127.0.0.1:6379") == 0);
+    duet_state_url_redact("/run/redis.sock", out, sizeof out);
+    CHECK(strcmp(out, "/run/redis.sock") == 0);
+}
+
 int main(void)
 {
     snprintf(sock_path, sizeof sock_path, "/tmp/duet-test-%ld.sock", (long)getpid());
@@ -630,6 +737,8 @@ int main(void)
     RUN_TEST(test_flushed_scripts_are_reloaded);
     RUN_TEST(test_instances_register_list_expire);
     RUN_TEST(test_password_is_sent);
+    RUN_TEST(test_requirepass_and_acl_user);
+    RUN_TEST(test_url_redacted_for_logs);
     RUN_TEST(test_redis_down_then_back);
     RUN_TEST(test_throughput_is_reported);
     stop_redis(SIGTERM);
