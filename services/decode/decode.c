@@ -19,10 +19,15 @@
  *                                  ENGINE ─first token─▶ [DECODING] ─stop─▶ [DONE]; or
  *                                  [CANCELLED] (client gone) / [FAILED] (error), from any state
  *
+ * A failed Prefill call is tried again on another prefill instance (--prefill-retries; the record
+ * goes PREFILLING → ROUTED → PREFILLING, attempt + 1) with fresh blocks, else prefilled locally.
+ *
  * A request cancelled while its prefill call is out stays in the engine, blocks held, as a
  * "zombie" (stream already finished) until the call returns: the prefill instance may still be
- * writing into those blocks. Blocks of a failed call are held for --prefill-timeout-ms more
- * (quarantine) for the same reason, then return to the pool. */
+ * writing into those blocks. Blocks of a failed call are quarantined for the same reason: held
+ * until that instance answers Prefill.Release with idle (it has no write for the call in flight
+ * and will refuse the call if it arrives late), asked every RELEASE_ASK_MS; an instance that never
+ * answers (dead, or cut off) has its blocks back after --quarantine-max-ms, logged as unproven. */
 #include "decode.h"
 
 #include <errno.h>
@@ -48,6 +53,9 @@
 #include "state.h"
 
 #define IDLE_WAIT_MS       200   /* longest sleep of an idle engine thread (quarantine expiry) */
+#define RELEASE_ASK_MS     500   /* between Prefill.Release calls for quarantined blocks */
+#define RELEASE_TIMEOUT_MS 1000
+#define PREFILL_TRIES_MAX  4     /* prefill instances one request tries at most */
 #define REDIS_TIMEOUT_MS   500
 #define REDIS_RETRY_NS     (1000LL * 1000000)
 
@@ -62,6 +70,8 @@ typedef struct {
     const char *role;
     const char *ucx_err_mode;
     int prefill_timeout_ms;
+    int prefill_retries;
+    int quarantine_max_ms;
 } decode_conf_t;
 
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(decode_conf_t, field), def, help}
@@ -80,7 +90,11 @@ static const duet_conf_opt_t decode_opts[] = {
     OPT("ucx-err-mode", "DUET_UCX_ERR_MODE", DUET_CONF_STR, ucx_err_mode, "none",
         "UCX endpoint error handling: none (one host, shared memory) or peer (across hosts)"),
     OPT("prefill-timeout-ms", "DUET_PREFILL_TIMEOUT_MS", DUET_CONF_INT, prefill_timeout_ms, "30000",
-        "deadline of a Prefill call; blocks of a failed call are held this long again"),
+        "deadline of a Prefill call"),
+    OPT("prefill-retries", "DUET_PREFILL_RETRIES", DUET_CONF_INT, prefill_retries, "1",
+        "other prefill instances tried after a Prefill call fails, before prefilling locally (at most 3)"),
+    OPT("quarantine-max-ms", "DUET_QUARANTINE_MAX_MS", DUET_CONF_INT, quarantine_max_ms, "60000",
+        "blocks of a failed Prefill call come back when its instance proves it stopped writing, or after this long"),
 };
 #undef OPT
 
@@ -107,6 +121,8 @@ typedef struct dreq {
     char prefill_id[DUET_STATE_ID_MAX];
     char prefill_addr[DUET_STATE_ADDR_MAX];
     bool local;                     /* prefill in this engine */
+    char tried[PREFILL_TRIES_MAX][DUET_STATE_ID_MAX];   /* prefill instances that failed it */
+    int n_tried;
 
     phase_t phase;
     duet_engine_seq_t *seq;
@@ -143,19 +159,42 @@ typedef struct pjob {
     char error[256];
 } pjob_t;
 
-typedef enum { CMD_NEW, CMD_PREFILL_DONE, CMD_STOP } cmd_kind_t;
+/* Blocks a failed Prefill call may still write into, held out of the pool (a reference each)
+ * until its instance proves it will not (Prefill.Release) or --quarantine-max-ms passes. */
+typedef struct qgroup {
+    struct qgroup *next;
+    int32_t *blocks;
+    int n_blocks;
+    char request_id[DUET_STATE_ID_MAX];
+    uint32_t attempt;
+    char prefill_id[DUET_STATE_ID_MAX];
+    char addr[DUET_STATE_ADDR_MAX];
+    int64_t since_ns, until_ns;     /* quarantined at; given back unproven at */
+    int64_t next_ask_ns;
+    bool asking;                    /* a Release call is out */
+} qgroup_t;
+
+/* A Release call on its helper thread; the answer comes back as a command. */
+typedef struct rjob {
+    struct decode *d;
+    pthread_t thread;
+    qgroup_t *group;                /* not touched by the helper thread */
+    char request_id[DUET_STATE_ID_MAX];
+    uint32_t attempt;
+    char addr[DUET_STATE_ADDR_MAX];
+    bool idle;
+    duet_status_t status;
+} rjob_t;
+
+typedef enum { CMD_NEW, CMD_PREFILL_DONE, CMD_RELEASE_DONE, CMD_STOP } cmd_kind_t;
 
 typedef struct cmd {
     struct cmd *next;
     cmd_kind_t kind;
-    dreq_t *req;    /* CMD_NEW */
-    pjob_t *job;    /* CMD_PREFILL_DONE */
+    dreq_t *req;     /* CMD_NEW */
+    pjob_t *job;     /* CMD_PREFILL_DONE */
+    rjob_t *rjob;    /* CMD_RELEASE_DONE */
 } cmd_t;
-
-typedef struct {
-    int32_t block;
-    int64_t until_ns;
-} quarantine_t;
 
 typedef struct decode {
     duet_service_t *svc;
@@ -202,8 +241,8 @@ typedef struct decode {
     /* Metrics (registered in start, updated by the engine thread). */
     duet_metric_t *m_blocks_free, *m_batch, *m_queue, *m_kv_bytes;
     duet_metrics_outcomes_t outcomes;
-    quarantine_t *quar;
-    int n_quar, cap_quar;
+    qgroup_t *quarantine;
+    int n_quarantined;              /* blocks in all groups */
 } decode_t;
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -589,38 +628,176 @@ static void admit_waiting(decode_t *d)
     }
 }
 
-static void quarantine_blocks(decode_t *d, const dreq_t *r)
+/* Holds back the blocks of r's failed Prefill call j (a reference each). */
+static void quarantine_blocks(decode_t *d, const dreq_t *r, const pjob_t *j)
 {
     duet_kv_cache_t *cache = duet_engine_cache(d->engine);
-    int64_t until = duet_clock_ns() + (int64_t)d->conf->prefill_timeout_ms * 1000000;
-    if (d->n_quar + r->n_blocks > d->cap_quar) {
-        int cap = (d->n_quar + r->n_blocks) * 2;
-        quarantine_t *q = realloc(d->quar, (size_t)cap * sizeof *q);
-        if (!q) {
-            duet_log_error("decode: request %s: cannot hold its blocks back; they are reused at once", r->id);
-            return;
-        }
-        d->quar = q;
-        d->cap_quar = cap;
+    qgroup_t *g = calloc(1, sizeof *g);
+    if (g)
+        g->blocks = malloc((size_t)r->n_blocks * sizeof *g->blocks);
+    if (!g || !g->blocks) {
+        free(g);
+        duet_log_error("decode: request %s: cannot hold its blocks back; they are reused at once", r->id);
+        return;
     }
     for (int i = 0; i < r->n_blocks; i++) {
+        g->blocks[i] = r->blocks[i];
         duet_kv_block_ref(cache, r->blocks[i]);
-        d->quar[d->n_quar++] = (quarantine_t){r->blocks[i], until};
+    }
+    g->n_blocks = r->n_blocks;
+    snprintf(g->request_id, sizeof g->request_id, "%s", j->id);
+    g->attempt = j->attempt;
+    snprintf(g->prefill_id, sizeof g->prefill_id, "%s", j->prefill_id);
+    snprintf(g->addr, sizeof g->addr, "%s", j->addr);
+    g->since_ns = g->next_ask_ns = duet_clock_ns();
+    g->until_ns = g->since_ns + (int64_t)d->conf->quarantine_max_ms * 1000000;
+    g->next = d->quarantine;
+    d->quarantine = g;
+    d->n_quarantined += g->n_blocks;
+}
+
+static void quarantine_free(decode_t *d, qgroup_t *g)
+{
+    duet_kv_cache_t *cache = duet_engine_cache(d->engine);
+    for (qgroup_t **pp = &d->quarantine; *pp; pp = &(*pp)->next)
+        if (*pp == g) {
+            *pp = g->next;
+            break;
+        }
+    for (int i = 0; i < g->n_blocks; i++)
+        duet_kv_block_unref(cache, g->blocks[i]);
+    d->n_quarantined -= g->n_blocks;
+    free(g->blocks);
+    free(g);
+}
+
+static void *release_call_main(void *arg)
+{
+    rjob_t *j = arg;
+    decode_t *d = j->d;
+    Duet__V1__ReleaseRequest req = DUET__V1__RELEASE_REQUEST__INIT;
+    req.request_id = j->request_id;
+    req.attempt = j->attempt;
+    req.decode_instance_id = (char *)duet_service_instance_id(d->svc);
+    duet_rpc_opts_t opts = {.timeout_ms = RELEASE_TIMEOUT_MS};
+    ProtobufCMessage *resp = NULL;
+    j->status = duet_rpc_client_unary(d->client, j->addr, "/duet.v1.Prefill/Release", &req.base,
+                                      &duet__v1__release_response__descriptor, &opts, &resp);
+    if (j->status == DUET_OK) {
+        j->idle = ((const Duet__V1__ReleaseResponse *)resp)->idle;
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    cmd_t *c;
+    while (!(c = calloc(1, sizeof *c)))
+        usleep(1000);
+    c->kind = CMD_RELEASE_DONE;
+    c->rjob = j;
+    push_cmd(d, c);
+    return NULL;
+}
+
+/* Asks each quarantined group's prefill instance whether it is done with the blocks; gives back
+ * those past the longest hold. all: give every group back now (shutdown, no call out). */
+static void quarantine_tick(decode_t *d, bool all)
+{
+    int64_t now = duet_clock_ns();
+    for (qgroup_t *g = d->quarantine, *next; g; g = next) {
+        next = g->next;
+        if (all || (!g->asking && now >= g->until_ns)) {
+            if (!all)
+                duet_log_warn("decode: request %s: %d blocks of its failed prefill on %s back in the pool after "
+                              "%.1f s without proof that instance stopped writing", g->request_id, g->n_blocks,
+                              g->prefill_id, (now - g->since_ns) / 1e9);
+            quarantine_free(d, g);
+            continue;
+        }
+        if (g->asking || now < g->next_ask_ns || atomic_load(&d->stopping))
+            continue;
+        rjob_t *j = calloc(1, sizeof *j);
+        if (!j)
+            continue;
+        j->d = d;
+        j->group = g;
+        snprintf(j->request_id, sizeof j->request_id, "%s", g->request_id);
+        j->attempt = g->attempt;
+        snprintf(j->addr, sizeof j->addr, "%s", g->addr);
+        if (pthread_create(&j->thread, NULL, release_call_main, j) != 0) {
+            free(j);
+            continue;
+        }
+        g->asking = true;
+        d->n_helpers++;
     }
 }
 
-static void quarantine_expire(decode_t *d, bool all)
+static void release_done(decode_t *d, rjob_t *j)
 {
-    duet_kv_cache_t *cache = duet_engine_cache(d->engine);
-    int64_t now = duet_clock_ns();
-    int k = 0;
-    for (int i = 0; i < d->n_quar; i++) {
-        if (all || d->quar[i].until_ns <= now)
-            duet_kv_block_unref(cache, d->quar[i].block);
-        else
-            d->quar[k++] = d->quar[i];
+    pthread_join(j->thread, NULL);
+    d->n_helpers--;
+    qgroup_t *g = j->group;   /* still quarantined: a group with a call out is never freed */
+    g->asking = false;
+    if (j->status == DUET_OK && j->idle) {
+        duet_log_info("decode: request %s: %s proved it stopped writing; %d blocks back in the pool after %.1f s",
+                      g->request_id, g->prefill_id, g->n_blocks, (duet_clock_ns() - g->since_ns) / 1e9);
+        quarantine_free(d, g);
+    } else {
+        g->next_ask_ns = duet_clock_ns() + (int64_t)RELEASE_ASK_MS * 1000000;
     }
-    d->n_quar = k;
+    free(j);
+}
+
+/* A live prefill instance other than those r has tried, the least loaded; 0 when none. */
+static int pick_prefill(decode_t *d, const dreq_t *r, char *id, char *addr)
+{
+    duet_state_t *store = store_get(d);
+    duet_state_inst_t *insts;
+    int n;
+    if (!store || duet_state_inst_list(store, DUET_ROLE_PREFILL, &insts, &n) != DUET_OK)
+        return 0;
+    int best = -1;
+    for (int i = 0; i < n; i++) {
+        bool tried = false;
+        for (int k = 0; k < r->n_tried; k++)
+            tried |= strcmp(insts[i].id, r->tried[k]) == 0;
+        if (!tried && strcmp(insts[i].model, d->model->name) == 0 &&
+            (best < 0 || insts[i].load.queued_tokens < insts[best].load.queued_tokens))
+            best = i;
+    }
+    if (best >= 0) {
+        snprintf(id, DUET_STATE_ID_MAX, "%s", insts[best].id);
+        snprintf(addr, DUET_STATE_ADDR_MAX, "%s", insts[best].grpc_addr);
+    }
+    duet_state_inst_list_free(insts);
+    return best >= 0;
+}
+
+static void start_remote(decode_t *d, dreq_t *r, const int32_t *blocks, int n_blocks);
+
+/* r's Prefill call failed: places it on another prefill instance with fresh blocks (the old ones
+ * are quarantined). 0 when there is none or no retry is left: the caller prefills locally. */
+static int retry_prefill(decode_t *d, dreq_t *r)
+{
+    char id[DUET_STATE_ID_MAX], addr[DUET_STATE_ADDR_MAX];
+    if (r->n_tried >= PREFILL_TRIES_MAX || r->n_tried > d->conf->prefill_retries || !pick_prefill(d, r, id, addr))
+        return 0;
+    const int32_t *blocks;
+    int n_blocks;
+    if (duet_engine_kv_retry(d->engine, r->seq, &blocks, &n_blocks) != DUET_OK)
+        return 0;
+    free(r->blocks);
+    free(r->gens);
+    r->blocks = NULL;
+    r->gens = NULL;
+    r->n_blocks = 0;
+    snprintf(r->prefill_id, sizeof r->prefill_id, "%s", id);
+    snprintf(r->prefill_addr, sizeof r->prefill_addr, "%s", addr);
+    r->attempt++;
+    duet_state_req_update_t up = DUET_STATE_REQ_UPDATE_INIT;
+    up.prefill_inst = id;
+    req_move(d, r, DUET_REQ_ROUTED, &up);
+    duet_log_info("decode: request %s: prefill again on %s (attempt %u)", r->id, id, r->attempt);
+    start_remote(d, r, blocks, n_blocks);
+    return 1;
 }
 
 static dreq_t *find_serial(decode_t *d, uint64_t serial)
@@ -678,15 +855,20 @@ static void prefill_done(decode_t *d, pjob_t *j)
     /* The prefill side may still be writing (a deadline, a failed flush): hold the blocks back
      * unless it refused before touching them. */
     if (st != DUET_ERR_INVALID)
-        quarantine_blocks(d, r);
+        quarantine_blocks(d, r, j);
     if (!r->stream) {
         pjob_free(j);
         duet_engine_cancel(d->engine, r->seq);
         return;
     }
-    duet_log_warn("decode: request %s: prefill on %s (%s) failed: %s%s%s; prefilling locally", r->id,
-                  j->prefill_id, j->addr, duet_status_str(st), j->error[0] ? ": " : "", j->error);
+    if (r->n_tried < PREFILL_TRIES_MAX)
+        snprintf(r->tried[r->n_tried++], sizeof r->tried[0], "%s", j->prefill_id);
+    duet_log_warn("decode: request %s: prefill on %s (%s) failed: %s%s%s", r->id, j->prefill_id, j->addr,
+                  duet_status_str(st), j->error[0] ? ": " : "", j->error);
     pjob_free(j);
+    if (retry_prefill(d, r))
+        return;
+    duet_log_warn("decode: request %s: no other prefill instance to try; prefilling locally", r->id);
     duet_engine_kv_failed(d->engine, r->seq);
 }
 
@@ -742,6 +924,9 @@ static void drain(decode_t *d, bool *stopping)
             break;
         case CMD_PREFILL_DONE:
             prefill_done(d, c->job);
+            break;
+        case CMD_RELEASE_DONE:
+            release_done(d, c->rjob);
             break;
         case CMD_STOP:
             *stopping = true;
@@ -879,10 +1064,9 @@ static void engine_teardown(decode_t *d)
     }
     d->fifo_tail = NULL;
     if (d->engine) {
-        quarantine_expire(d, true);
+        quarantine_tick(d, true);
         duet_engine_destroy(d->engine);   /* finishes the rest through sink_finish */
     }
-    free(d->quar);
     if (d->pool)
         duet_kvx_pool_destroy(d->pool);
     if (d->kvx)
@@ -924,8 +1108,8 @@ static void *engine_main(void *arg)
             scan_cancels(d);
         if (stopping && d->n_helpers == 0)
             break;   /* every stream is finished by now: the server is gone */
-        if (d->n_quar)
-            quarantine_expire(d, false);
+        if (d->quarantine)
+            quarantine_tick(d, false);
         admit_waiting(d);
         while (duet_kvx_progress(d->kvx))
             ;

@@ -6,6 +6,9 @@
  * request, defers the call and queues it. ONE engine thread owns the engine, the kvx with its
  * pool and the peers (one per decode instance, connected on first use and kept), and answers
  * every call. The on_cancel callback only wakes it; it finds cancelled calls itself.
+ * Release (a decode instance asking whether a failed call may still write into its blocks) is
+ * answered at once from the fence (fence.c): a call is in it from acceptance until it is freed,
+ * after its puts are flushed or its endpoint dropped.
  *
  * A request on the engine thread:
  *
@@ -36,6 +39,7 @@
 #include "cpu/cpu_backend.h"
 #include "duet/v1/prefill.pb-c.h"
 #include "engine.h"
+#include "fence.h"
 #include "kvx.h"
 #include "log.h"
 #include "model.h"
@@ -97,6 +101,8 @@ typedef struct preq {
     struct preq *prev, *next;       /* live list (engine thread) */
     duet_rpc_call_t *call;
     char id[ID_MAX];
+    uint32_t attempt;
+    bool fenced;                    /* in p->fence's running set until freed */
     int32_t *tokens;                /* [n_tokens] */
     int n_tokens;
     duet_sampling_t sampling;
@@ -133,8 +139,9 @@ typedef struct prefill {
     duet_kvx_err_mode_t err_mode;
     duet_backend_t *be;
     duet_model_t *model;
-    duet_rpc_method_t methods[1];
+    duet_rpc_method_t methods[2];
     int n_ctx, n_blocks, n_vocab;
+    duet_fence_t *fence;            /* calls that may still write, and released ones */
 
     pthread_mutex_t mu;
     cmd_t *cmd_head, *cmd_tail;
@@ -186,10 +193,13 @@ static void push_cmd(prefill_t *p, cmd_t *c, int64_t tokens)
     wake(p);
 }
 
+/* Frees a call once nothing it issued can still land in the decode pool. */
 static void preq_free(preq_t *r)
 {
     if (!r)
         return;
+    if (r->fenced)
+        duet_fence_leave(r->p->fence, r->decode_id, r->id, r->attempt);
     free(r->tokens);
     free(r->addr);
     free(r->rkey);
@@ -783,8 +793,10 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
         return DUET_ERR_NOMEM;
     }
     r->call = call;
+    r->p = p;
     r->t_arrival = duet_clock_ns();
     snprintf(r->id, sizeof r->id, "%s", q->request_id);
+    r->attempt = q->attempt;
     r->n_tokens = (int)q->n_token_ids;
     for (int i = 0; i < r->n_tokens; i++)
         r->tokens[i] = (int32_t)q->token_ids[i];
@@ -798,6 +810,15 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
     r->size = t->pool_bytes;
     r->n_dst = (int)t->n_block_ids;
     memcpy(r->dst, t->block_ids, t->n_block_ids * sizeof *r->dst);
+    if (duet_fence_enter(p->fence, r->decode_id, r->id, r->attempt) != 0) {
+        free(c);
+        preq_free(r);
+        duet_log_warn("prefill: request %s attempt %u: refused: its decode instance released it", q->request_id,
+                      q->attempt);
+        duet_rpc_call_set_error(call, "prefill: this call was released by its decode instance");
+        return DUET_ERR_CANCELLED;
+    }
+    r->fenced = true;
     duet_rpc_call_defer(call);
     duet_rpc_stream_on_cancel(call, on_call_cancel, p);   /* its argument outlives every call */
     c->kind = CMD_NEW;
@@ -807,6 +828,21 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
 }
 
 /* ---- the service definition --------------------------------------------------------------- */
+
+/* Release: whether a call of a decode instance may still write into its blocks. Answered from
+ * the fence at once (on a completion-queue thread); an idle answer is final. */
+static duet_status_t release_call(duet_rpc_call_t *call, const ProtobufCMessage *msg, void *arg)
+{
+    prefill_t *p = arg;
+    const Duet__V1__ReleaseRequest *q = (const Duet__V1__ReleaseRequest *)msg;
+    if (!q->request_id || !q->request_id[0] || !q->decode_instance_id || !q->decode_instance_id[0]) {
+        duet_rpc_call_set_error(call, "request_id and decode_instance_id: required");
+        return DUET_ERR_INVALID;
+    }
+    Duet__V1__ReleaseResponse resp = DUET__V1__RELEASE_RESPONSE__INIT;
+    resp.idle = duet_fence_release(p->fence, q->decode_instance_id, q->request_id, q->attempt);
+    return duet_rpc_call_reply(call, &resp.base);
+}
 
 static void prefill_free(prefill_t *p)
 {
@@ -818,6 +854,7 @@ static void prefill_free(prefill_t *p)
         close(p->efd);
     pthread_cond_destroy(&p->init_cv);
     pthread_mutex_destroy(&p->mu);
+    duet_fence_destroy(p->fence);
     free(p);
 }
 
@@ -849,6 +886,10 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
         return DUET_ERR_NOMEM;
     p->conf = c;
     p->err_mode = err_mode;
+    if (!(p->fence = duet_fence_create(4096))) {
+        free(p);
+        return DUET_ERR_NOMEM;
+    }
     p->by_layer = strcmp(c->kv_send, "layer") == 0;
     p->efd = -1;
     duet_metrics_t *m = duet_service_metrics(svc);
@@ -907,9 +948,16 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
         .unary = prefill_call,
         .arg = p,
     };
+    p->methods[1] = (duet_rpc_method_t){
+        .path = "/duet.v1.Prefill/Release",
+        .kind = DUET_RPC_UNARY,
+        .request = &duet__v1__release_request__descriptor,
+        .unary = release_call,
+        .arg = p,
+    };
     *state_p = p;
     *methods_p = p->methods;
-    *n_methods_p = 1;
+    *n_methods_p = 2;
     return DUET_OK;
 
 err_free:
