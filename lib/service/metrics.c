@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include <microhttpd.h>
+#include <netdb.h>
+#include <sys/socket.h>
 
 #include "log.h"
 
@@ -335,12 +337,37 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 
 duet_status_t duet_metrics_serve(duet_metrics_t *m, int port, int *port_p)
 {
+    return duet_metrics_serve_on(m, NULL, port, port_p);
+}
+
+duet_status_t duet_metrics_serve_on(duet_metrics_t *m, const char *host, int port, int *port_p)
+{
     if (m->daemon || port < 0 || port > 65535)
         return DUET_ERR_INVALID;
-    m->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port,
-                                 NULL, NULL, answer, m, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *ai = NULL;
+    char port_s[8];
+    snprintf(port_s, sizeof port_s, "%d", port);
+    int any = !host || !host[0] || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
+    if (!any && getaddrinfo(host, port_s, &hints, &ai) != 0) {
+        duet_log_error("metrics: cannot resolve %s to listen on", host);
+        return DUET_ERR_INVALID;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    if (ai && ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    if (ai)
+        m->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, answer, m,
+                                     MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                                     MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_END);
+    else
+        m->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, answer, m,
+                                     MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+    if (ai)
+        freeaddrinfo(ai);
     if (!m->daemon) {
-        duet_log_error("metrics: cannot serve HTTP on port %d", port);
+        duet_log_error("metrics: cannot serve HTTP on %s port %d", any ? "every interface," : host, port);
         return DUET_ERR_UNAVAILABLE;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_BIND_PORT);

@@ -50,5 +50,8 @@ duet_status_t duet_metrics_render(duet_metrics_t *m, char **text_p, size_t *len_
 
 /* Serves GET /metrics on 0.0.0.0:port (0 picks one) until destroy; *port_p gets the bound port. */
 duet_status_t duet_metrics_serve(duet_metrics_t *m, int port, int *port_p);
+/* The same, listening only on host's address (a name or a literal; NULL, "", 0.0.0.0 or :: for
+ * every interface). */
+duet_status_t duet_metrics_serve_on(duet_metrics_t *m, const char *host, int port, int *port_p);
 
 #endif

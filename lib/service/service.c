@@ -67,6 +67,23 @@ static int set(const char *s)
     return s && s[0];
 }
 
+/* The host part of a listen address ("127.0.0.1:0" → "127.0.0.1", "[::1]:50051" → "::1",
+ * ":50051" → "", meaning every interface). */
+static void listen_host(const char *listen, char *out, size_t cap)
+{
+    const char *end = listen ? strrchr(listen, ':') : NULL;
+    const char *start = listen;
+    if (!end) {
+        snprintf(out, cap, "%s", listen ? listen : "");
+        return;
+    }
+    if (*start == '[' && end > start && end[-1] == ']') {
+        start++;
+        end--;
+    }
+    snprintf(out, cap, "%.*s", (int)(end - start), start);
+}
+
 /* The server's and the clients' TLS and limits from the common options; -1 when they do not fit. */
 static int transport_setup(duet_service_t *svc)
 {
@@ -238,7 +255,11 @@ int duet_service_main(const duet_service_def_t *def, int argc, char **argv)
     }
     if (svc.common->metrics_port >= 0) {
         int port;
-        if (duet_metrics_serve(svc.metrics, svc.common->metrics_port, &port) != DUET_OK)
+        /* On the interface gRPC listens on: a service bound to loopback is not exposed by its
+         * metrics either. */
+        char host[256];
+        listen_host(svc.common->listen, host, sizeof host);
+        if (duet_metrics_serve_on(svc.metrics, host, svc.common->metrics_port, &port) != DUET_OK)
             goto out_stop;
         duet_log_info("%s: metrics at http://%s:%d/metrics", def->name, svc.common->advertise, port);
     }

@@ -1,6 +1,7 @@
 /* tests/unit/test_metrics.c — the metrics registry: types, labels, lock-free updates from many
  * threads, cumulative histogram buckets in the text format, and /metrics served over real HTTP. */
 #include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
@@ -72,6 +73,49 @@ static void test_render_after_concurrent_updates(void)
     free(text);
 }
 
+/* 0 when a TCP connection to addr:port is accepted. */
+static int try_connect(const char *addr, int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, addr, &a.sin_addr);
+    int rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+    close(fd);
+    return rc;
+}
+
+/* Bound to loopback, /metrics is not reachable through this machine's other addresses. */
+static void test_bound_to_loopback_only(void)
+{
+    duet_metrics_t *lm = NULL;
+    int port = 0;
+    CHECK_EQ_INT(duet_metrics_create(&lm), DUET_OK);
+    CHECK_EQ_INT(duet_metrics_serve_on(lm, "127.0.0.1", 0, &port), DUET_OK);
+    CHECK(port > 0);
+    CHECK_EQ_INT(try_connect("127.0.0.1", port), 0);
+    struct ifaddrs *ifs = NULL, *i;
+    int tried = 0;
+    if (getifaddrs(&ifs) == 0) {
+        for (i = ifs; i; i = i->ifa_next) {
+            if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
+                continue;
+            char ip[INET_ADDRSTRLEN];
+            inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, ip, sizeof ip);
+            if (strncmp(ip, "127.", 4) == 0)
+                continue;
+            CHECK_MSG(try_connect(ip, port) != 0, "metrics on 127.0.0.1 reachable at %s", ip);
+            tried++;
+        }
+        freeifaddrs(ifs);
+    }
+    if (!tried)
+        fprintf(stderr, "  (no non-loopback IPv4 address here: only the loopback side was checked)\n");
+    duet_metrics_destroy(lm);
+    CHECK_EQ_INT(duet_metrics_create(&lm), DUET_OK);
+    CHECK_EQ_INT(duet_metrics_serve_on(lm, "no-such-host.invalid", 0, &port), DUET_ERR_INVALID);
+    duet_metrics_destroy(lm);
+}
+
 static void test_served_over_http(void)
 {
     int port = 0;
@@ -99,6 +143,7 @@ static void test_served_over_http(void)
 int main(void)
 {
     RUN_TEST(test_render_after_concurrent_updates);
+    RUN_TEST(test_bound_to_loopback_only);
     RUN_TEST(test_served_over_http);
     return check_report();
 }
