@@ -6,7 +6,10 @@
  *     process's command line;
  *   - a prompt over --max-prompt-tokens gets RESOURCE_EXHAUSTED without a retry hint;
  *   - over --max-streams, over --max-queued and over --rate-limit, RESOURCE_EXHAUSTED with a
- *     retry-after-ms trailer and the same number in the message.
+ *     retry-after-ms trailer and the same number in the message;
+ *   - with --tls-cert/--tls-key/--tls-ca/--tls-client-auth (certificates made by the openssl CLI)
+ *     the gateway answers only TLS clients that present a certificate of the CA, and its own call
+ *     to a scheduler that requires client certificates goes through (mutual TLS both ways).
  * usage: test_gateway_limits DUET_GATEWAY_BINARY MODEL.gguf */
 #include <fcntl.h>
 #include <signal.h>
@@ -22,6 +25,7 @@
 #include "duet/v1/scheduler.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "rpc.h"
+#include "tls_certs.h"
 
 #define KEY_HASHED "key-one-0123"
 #define KEY_PLAIN  "key-two-4567"
@@ -94,13 +98,13 @@ static int free_port(void)
 }
 
 /* Waits until the gateway answers Health/Check (at most 20 s). */
-static int wait_serving(const char *addr, pid_t pid)
+static int wait_serving(duet_rpc_client_t *via, const char *addr, pid_t pid)
 {
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     duet_rpc_opts_t opts = { .timeout_ms = 500 };
     for (int i = 0; i < 200; i++) {
         ProtobufCMessage *msg = NULL;
-        if (duet_rpc_client_unary(client, addr, "/grpc.health.v1.Health/Check", &req.base,
+        if (duet_rpc_client_unary(via, addr, "/grpc.health.v1.Health/Check", &req.base,
                                   &grpc__health__v1__health_check_response__descriptor, &opts, &msg) == DUET_OK) {
             protobuf_c_message_free_unpacked(msg, NULL);
             return 0;
@@ -119,7 +123,8 @@ typedef struct {
 } gateway_t;
 
 /* Starts a gateway with the common arguments plus extra (NULL-ended). */
-static int gateway_start(gateway_t *g, const char *name, const char *sched_addr, const char *const *extra)
+static int gateway_start_via(duet_rpc_client_t *via, gateway_t *g, const char *name, const char *sched_addr,
+                             const char *const *extra)
 {
     char redis_url[160], listen[64];
     snprintf(redis_url, sizeof redis_url, "unix://%s", redis_sock);
@@ -134,7 +139,7 @@ static int gateway_start(gateway_t *g, const char *name, const char *sched_addr,
         argv[n++] = extra[i];
     argv[n] = NULL;
     g->pid = spawn((char *const *)argv, g->log);
-    if (g->pid < 0 || wait_serving(g->addr, g->pid) != 0) {
+    if (g->pid < 0 || wait_serving(via, g->addr, g->pid) != 0) {
         fprintf(stderr, "gateway %s did not come up; its log %s:\n", name, g->log);
         char cmd[200];
         snprintf(cmd, sizeof cmd, "tail -20 %s >&2", g->log);
@@ -142,6 +147,11 @@ static int gateway_start(gateway_t *g, const char *name, const char *sched_addr,
         return -1;
     }
     return 0;
+}
+
+static int gateway_start(gateway_t *g, const char *name, const char *sched_addr, const char *const *extra)
+{
+    return gateway_start_via(client, g, name, sched_addr, extra);
 }
 
 /* ---- calls ---------------------------------------------------------------------------------- */
@@ -152,7 +162,7 @@ typedef struct {
     char error[512];
 } result_t;
 
-static result_t tokenize(const char *addr, const char *key)
+static result_t tokenize_via(duet_rpc_client_t *via, const char *addr, const char *key)
 {
     result_t r = { 0 };
     char bearer[128];
@@ -163,11 +173,16 @@ static result_t tokenize(const char *addr, const char *key)
     Duet__V1__TokenizeRequest req = DUET__V1__TOKENIZE_REQUEST__INIT;
     req.text = "hello";
     ProtobufCMessage *msg = NULL;
-    r.status = duet_rpc_client_unary(client, addr, "/duet.v1.Gateway/Tokenize", &req.base,
+    r.status = duet_rpc_client_unary(via, addr, "/duet.v1.Gateway/Tokenize", &req.base,
                                      &duet__v1__tokenize_response__descriptor, &opts, &msg);
     if (msg)
         protobuf_c_message_free_unpacked(msg, NULL);
     return r;
+}
+
+static result_t tokenize(const char *addr, const char *key)
+{
+    return tokenize_via(client, addr, key);
 }
 
 static result_t complete(const char *addr, const char *key, const char *prompt)
@@ -192,7 +207,7 @@ static result_t complete(const char *addr, const char *key, const char *prompt)
 }
 
 /* Opens a Generate that the stand-in scheduler holds; returns once the gateway has asked it. */
-static duet_rpc_client_stream_t *hold_one(const char *addr, const char *key)
+static duet_rpc_client_stream_t *hold_one_via(duet_rpc_client_t *via, const char *addr, const char *key)
 {
     char bearer[128];
     snprintf(bearer, sizeof bearer, "Bearer %s", key ? key : "");
@@ -202,13 +217,18 @@ static duet_rpc_client_stream_t *hold_one(const char *addr, const char *key)
     req.prompt = "Hi";
     duet_rpc_client_stream_t *s = NULL;
     int before = atomic_load(&routes_seen);
-    if (duet_rpc_client_stream_open(client, addr, "/duet.v1.Gateway/Generate", &req.base,
+    if (duet_rpc_client_stream_open(via, addr, "/duet.v1.Gateway/Generate", &req.base,
                                     &duet__v1__generate_response__descriptor, &opts, &s) != DUET_OK)
         return NULL;
     for (int i = 0; i < 200 && atomic_load(&routes_seen) == before; i++)
         usleep(10000);
     CHECK_MSG(atomic_load(&routes_seen) > before, "the held request never reached the scheduler");
     return s;
+}
+
+static duet_rpc_client_stream_t *hold_one(const char *addr, const char *key)
+{
+    return hold_one_via(client, addr, key);
 }
 
 /* ---- tests ---------------------------------------------------------------------------------- */
@@ -321,6 +341,71 @@ static void test_queue_and_rate(const char *sched_addr)
     stop(g.pid);
 }
 
+/* Mutual TLS on both sides of the gateway. */
+static void test_mutual_tls(void)
+{
+    char dir[] = "/tmp/duet-gwtls-XXXXXX";
+    if (!tls_have_openssl()) {
+        fprintf(stderr, "  SKIPPED: no openssl CLI to make certificates with\n");
+        return;
+    }
+    if (!mkdtemp(dir) || tls_make_ca(dir, "ca") || tls_make_cert(dir, "gateway", "ca") ||
+        tls_make_cert(dir, "scheduler", "ca") || tls_make_cert(dir, "client", "ca")) {
+        CHECK_MSG(0, "making certificates in %s failed", dir);
+        return;
+    }
+    char f[8][160];
+    const char *names[8] = { "ca.crt", "gateway.crt", "gateway.key", "scheduler.crt", "scheduler.key",
+                             "client.crt", "client.key" };
+    for (int i = 0; i < 7; i++)
+        snprintf(f[i], sizeof f[i], "%s/%s", dir, names[i]);
+
+    /* The stand-in scheduler, requiring client certificates of the CA. */
+    duet_rpc_tls_t stls = { .cert = f[3], .key = f[4], .ca = f[0], .client_auth = 1 };
+    duet_rpc_server_conf_t sc = { .address = "127.0.0.1:0", .methods = sched_methods, .n_methods = 1,
+                                  .tls = &stls };
+    duet_rpc_server_t *sched = NULL;
+    duet_rpc_tls_t ctls = { .cert = f[5], .key = f[6], .ca = f[0] };
+    duet_rpc_client_conf_t cc = { .tls = &ctls };
+    duet_rpc_tls_t nocert = { .ca = f[0] };
+    duet_rpc_client_conf_t nc = { .tls = &nocert };
+    duet_rpc_client_t *mtls = NULL, *tls_nocert = NULL;
+    CHECK_EQ_INT(duet_rpc_server_create(&sc, &sched), DUET_OK);
+    CHECK_EQ_INT(duet_rpc_client_create_conf(&cc, &mtls), DUET_OK);
+    CHECK_EQ_INT(duet_rpc_client_create_conf(&nc, &tls_nocert), DUET_OK);
+    if (!sched || !mtls || !tls_nocert)
+        goto out;
+    char sched_addr[64];
+    snprintf(sched_addr, sizeof sched_addr, "127.0.0.1:%d", duet_rpc_server_port(sched));
+
+    const char *extra[] = { "--tls-cert", f[1], "--tls-key", f[2], "--tls-ca", f[0], "--tls-client-auth", NULL };
+    gateway_t g;
+    if (gateway_start_via(mtls, &g, "tls", sched_addr, extra) != 0) {
+        CHECK(0);
+        stop(g.pid);
+        goto out;
+    }
+    CHECK_EQ_INT(tokenize_via(mtls, g.addr, NULL).status, DUET_OK);
+    result_t r = tokenize_via(tls_nocert, g.addr, NULL);
+    CHECK_MSG(r.status == DUET_ERR_UNAVAILABLE, "TLS client without a certificate: %s (%s)",
+              duet_status_str(r.status), r.error);
+    r = tokenize(g.addr, NULL);   /* plaintext */
+    CHECK_MSG(r.status == DUET_ERR_UNAVAILABLE, "plaintext client: %s (%s)", duet_status_str(r.status), r.error);
+    /* The gateway's own Route call reaches the scheduler that demands its certificate. */
+    duet_rpc_client_stream_t *held = hold_one_via(mtls, g.addr, NULL);
+    CHECK(held != NULL);
+    if (held) {
+        duet_rpc_client_stream_cancel(held);
+        duet_rpc_client_stream_close(held);
+    }
+    stop(g.pid);
+out:
+    duet_rpc_client_destroy(mtls);
+    duet_rpc_client_destroy(tls_nocert);
+    duet_rpc_server_destroy(sched);
+    tls_sh("rm -rf %s", dir);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -355,6 +440,7 @@ int main(int argc, char **argv)
     before = check_failures;
     test_queue_and_rate(sched_addr);
     fprintf(stderr, "%-48s %s\n", "test_queue_and_rate", check_failures == before ? "ok" : "FAILED");
+    RUN_TEST(test_mutual_tls);
     duet_rpc_server_destroy(sched);
     duet_rpc_client_destroy(client);
     stop(redis_pid);

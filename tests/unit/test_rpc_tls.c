@@ -4,7 +4,6 @@
  * TLS call works, that plaintext and TLS do not mix, that a mutual-TLS server refuses a client
  * without a certificate or with one from the wrong CA, and that a server with a certificate the
  * client does not trust is refused. Skipped (exit 77) where no openssl CLI is installed. */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include "check.h"
 #include "duet/v1/gateway.pb-c.h"
 #include "rpc.h"
+#include "tls_certs.h"
 
 #define TOK_PATH "/duet.v1.Gateway/Tokenize"
 
@@ -33,34 +33,6 @@ static const duet_rpc_method_t methods[] = {
     { .path = TOK_PATH, .kind = DUET_RPC_UNARY,
       .request = &duet__v1__tokenize_request__descriptor, .unary = tokenize },
 };
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
-/* A CA (name.crt/.key) and, signed by it, certificates for 127.0.0.1 usable by either side. */
-static int make_ca(const char *name)
-{
-    return sh("cd %s && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=%s "
-              "-keyout %s.key -out %s.crt >/dev/null 2>&1", dir, name, name, name);
-}
-
-static int make_cert(const char *name, const char *ca)
-{
-    return sh("cd %s && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n"
-              "extendedKeyUsage=serverAuth,clientAuth\\n' > %s.ext && "
-              "openssl req -newkey rsa:2048 -nodes -subj /CN=%s -keyout %s.key -out %s.csr >/dev/null 2>&1 && "
-              "openssl x509 -req -in %s.csr -CA %s.crt -CAkey %s.key -CAcreateserial -days 2 "
-              "-extfile %s.ext -out %s.crt >/dev/null 2>&1",
-              dir, name, name, name, name, name, ca, ca, name, name);
-}
 
 static char *path(const char *file)
 {
@@ -178,7 +150,7 @@ static void test_bad_settings_refused(void)
 
 int main(void)
 {
-    if (system("openssl version >/dev/null 2>&1") != 0) {
+    if (!tls_have_openssl()) {
         fprintf(stderr, "test_rpc_tls: SKIPPED: no openssl CLI to make certificates with\n");
         return 77;
     }
@@ -187,15 +159,15 @@ int main(void)
         perror("mkdtemp");
         return 1;
     }
-    if (make_ca("ca") || make_cert("server", "ca") || make_cert("client", "ca") ||
-        make_ca("rogue-ca") || make_cert("rogue", "rogue-ca")) {
+    if (tls_make_ca(dir, "ca") || tls_make_cert(dir, "server", "ca") || tls_make_cert(dir, "client", "ca") ||
+        tls_make_ca(dir, "rogue-ca") || tls_make_cert(dir, "rogue", "rogue-ca")) {
         fprintf(stderr, "test_rpc_tls: making certificates in %s failed\n", dir);
-        sh("rm -rf %s", dir);
+        tls_sh("rm -rf %s", dir);
         return 1;
     }
     RUN_TEST(test_tls_server);
     RUN_TEST(test_mutual_tls);
     RUN_TEST(test_bad_settings_refused);
-    sh("rm -rf %s", dir);
+    tls_sh("rm -rf %s", dir);
     return check_report();
 }
