@@ -8,7 +8,9 @@
  * validation, tokenization); each accepted Generate/Complete gets one of --max-streams slots and
  * a worker thread of its own, which does everything that blocks (Redis, Route, reading the
  * decode stream) and finishes the call. A client's cancel arrives on a completion-queue thread
- * and only cancels the slot's decode stream, which wakes the worker.
+ * and only cancels the slot's decode stream, which wakes the worker. A watchdog thread cancels
+ * decode streams that have kept a worker waiting longer than --decode-idle-timeout-ms, which the
+ * worker treats as the instance being down.
  *
  * The request record (DESIGN.md §1): this file makes QUEUED (create) → ROUTED; → FAILED or
  * CANCELLED while no decode instance has taken the request; X → ROUTED (attempt + 1) when the
@@ -17,6 +19,7 @@
 #include <ctype.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +58,7 @@ typedef struct {
     int max_streams;            /* concurrent Generate/Complete calls */
     int redis_timeout_ms;
     int max_retries;            /* new placements after a decode instance fails mid-request */
+    int decode_idle_timeout_ms; /* a decode stream silent this long is given up */
     int max_prompt_tokens;      /* prompt tokens after tokenization; 0: only the context limits */
     int max_queued;             /* accepted requests without a first token yet; 0: no limit */
     int busy_retry_ms;          /* retry hint when --max-streams or --max-queued is reached */
@@ -74,6 +78,7 @@ static const duet_conf_opt_t gw_opts[] = {
     OPT("max-streams", "DUET_MAX_STREAMS", DUET_CONF_INT, max_streams, "256", "concurrent Generate/Complete calls; more get RESOURCE_EXHAUSTED"),
     OPT("redis-timeout-ms", "DUET_REDIS_TIMEOUT_MS", DUET_CONF_INT, redis_timeout_ms, "500", "timeout of one Redis command"),
     OPT("max-retries", "DUET_MAX_RETRIES", DUET_CONF_INT, max_retries, "2", "times a request moves to another decode instance when its own becomes unreachable"),
+    OPT("decode-idle-timeout-ms", "DUET_DECODE_IDLE_TIMEOUT_MS", DUET_CONF_INT, decode_idle_timeout_ms, "30000", "a decode stream that sends nothing this long (queueing and prefill included) counts as a hung instance: the request moves to another one"),
     OPT("max-prompt-tokens", "DUET_MAX_PROMPT_TOKENS", DUET_CONF_INT, max_prompt_tokens, "0", "longest prompt accepted, in tokens after tokenization (RESOURCE_EXHAUSTED beyond); 0: only the context limit"),
     OPT("max-queued", "DUET_MAX_QUEUED", DUET_CONF_INT, max_queued, "0", "accepted requests still waiting for their first token; more get RESOURCE_EXHAUSTED; 0: no limit"),
     OPT("busy-retry-ms", "DUET_BUSY_RETRY_MS", DUET_CONF_INT, busy_retry_ms, "1000", "retry-after-ms hint sent when --max-streams or --max-queued is reached"),
@@ -92,6 +97,9 @@ typedef struct {
     pthread_mutex_t mu;                     /* guards call and dstream against the cancel callback */
     duet_rpc_call_t *call;                  /* the client's call while a worker serves it */
     duet_rpc_client_stream_t *dstream;      /* the decode stream while open */
+    _Atomic int64_t progress_ns;            /* monotonic: since when the worker waits on decode;
+                                               INT64_MAX while it does not */
+    int idle_cut;                           /* the watchdog cancelled dstream (under mu) */
     pthread_t thread;
     int joinable;                           /* thread not joined yet (under gw->mu) */
     int busy;                               /* under gw->mu */
@@ -130,6 +138,9 @@ struct gw {
 
     pthread_mutex_t mu;                     /* guards the slots' busy/joinable and active */
     pthread_cond_t idle;
+    pthread_t watchdog;                     /* cuts decode streams silent too long */
+    int watchdog_running, watchdog_stop;    /* under mu */
+    pthread_cond_t watchdog_cv;
     slot_t *slots;                          /* [max_streams] */
     int active;
     int queued;                             /* accepted, no first token yet (--max-queued) */
@@ -613,6 +624,7 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
      * comes second sees the other's write, so a cancel is never lost. */
     pthread_mutex_lock(&s->mu);
     s->dstream = ds;
+    s->idle_cut = 0;
     pthread_mutex_unlock(&s->mu);
     if (duet_rpc_stream_cancelled(s->call))
         duet_rpc_client_stream_cancel(ds);
@@ -621,10 +633,21 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
     int cut_by_stop = 0;
     for (;;) {
         ProtobufCMessage *msg = NULL;
+        atomic_store(&s->progress_ns, duet_clock_ns());   /* waiting on decode from now */
         status = duet_rpc_client_stream_read(ds, &msg);
+        atomic_store(&s->progress_ns, INT64_MAX);         /* not waiting (a slow client is not decode's fault) */
         if (status != DUET_OK) {
-            if (duet_rpc_stream_cancelled(s->call))
+            pthread_mutex_lock(&s->mu);
+            int idle_cut = s->idle_cut;
+            pthread_mutex_unlock(&s->mu);
+            if (duet_rpc_stream_cancelled(s->call)) {
                 status = DUET_ERR_CANCELLED;
+            } else if (idle_cut) {
+                snprintf(err, err_cap, "decode %s sent nothing for %d ms", rr->decode_instance_id,
+                         gw->conf->decode_idle_timeout_ms);
+                status = DUET_ERR_UNAVAILABLE;
+                break;
+            }
             snprintf(err, err_cap, "decode %s: %s", rr->decode_instance_id,
                      duet_rpc_client_stream_error(ds)[0] ? duet_rpc_client_stream_error(ds) : duet_status_str(status));
             break;
@@ -845,6 +868,48 @@ out:
     free(r.all.p);
     free(r.ids);
     free(r.gen);
+}
+
+/* Cuts every decode stream that has been silent for --decode-idle-timeout-ms: a hung instance
+ * (stopped, livelocked, cut off without a reset) would otherwise hold its requests forever. The
+ * worker reading it sees the cut and moves the request elsewhere. */
+static void *watchdog_main(void *arg)
+{
+    gw_t *gw = arg;
+    int64_t limit_ns = (int64_t)gw->conf->decode_idle_timeout_ms * 1000000;
+    pthread_mutex_lock(&gw->mu);
+    while (!gw->watchdog_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&gw->watchdog_cv, &gw->mu, &ts);
+        if (gw->watchdog_stop)
+            break;
+        pthread_mutex_unlock(&gw->mu);
+        int64_t now = duet_clock_ns();
+        for (int i = 0; i < gw->conf->max_streams; i++) {
+            slot_t *s = &gw->slots[i];
+            int64_t since = atomic_load(&s->progress_ns);
+            if (since == INT64_MAX || now - since < limit_ns)
+                continue;
+            pthread_mutex_lock(&s->mu);
+            since = atomic_load(&s->progress_ns);
+            if (s->dstream && !s->idle_cut && since != INT64_MAX && now - since >= limit_ns) {
+                s->idle_cut = 1;
+                duet_log_warn("gateway: request %s: its decode stream sent nothing for %d ms; giving it up",
+                              s->id, gw->conf->decode_idle_timeout_ms);
+                duet_rpc_client_stream_cancel(s->dstream);
+            }
+            pthread_mutex_unlock(&s->mu);
+        }
+        pthread_mutex_lock(&gw->mu);
+    }
+    pthread_mutex_unlock(&gw->mu);
+    return NULL;
 }
 
 static void *worker_main(void *arg)
@@ -1171,7 +1236,7 @@ static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **stat
 {
     const gw_conf_t *c = conf;
     if (c->ctx < 0 || c->route_timeout_ms < 1 || c->max_streams < 1 || c->max_streams > 65536 ||
-        c->redis_timeout_ms < 1 || c->max_retries < 0 || c->max_retries > 16) {
+        c->redis_timeout_ms < 1 || c->max_retries < 0 || c->max_retries > 16 || c->decode_idle_timeout_ms < 1) {
         duet_log_error("gateway: --ctx must be >= 0, --max-streams in 1..65536, --max-retries in 0..16, "
                        "the timeouts at least 1 ms");
         return DUET_ERR_INVALID;
@@ -1200,12 +1265,14 @@ static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **stat
     pthread_mutex_init(&gw->store_mu, NULL);
     pthread_mutex_init(&gw->mu, NULL);
     pthread_cond_init(&gw->idle, NULL);
+    pthread_cond_init(&gw->watchdog_cv, NULL);
     duet_status_t status = DUET_ERR_NOMEM;
     gw->slots = calloc((size_t)c->max_streams, sizeof *gw->slots);
     if (!gw->slots)
         goto err;
     for (int i = 0; i < c->max_streams; i++) {
         gw->slots[i].gw = gw;
+        atomic_init(&gw->slots[i].progress_ns, INT64_MAX);
         pthread_mutex_init(&gw->slots[i].mu, NULL);
     }
     if ((status = parse_keys(gw, c)) != DUET_OK)
@@ -1238,6 +1305,11 @@ static duet_status_t gw_start(duet_service_t *svc, const void *conf, void **stat
     if (c->rate_limit > 0)
         duet_log_info("gateway: rate limit %g requests/s, burst %g, %s", gw->rate.rate, gw->rate.burst,
                       gw->keys.n ? "per API key" : "shared by all clients");
+    if (pthread_create(&gw->watchdog, NULL, watchdog_main, gw) != 0) {
+        status = DUET_ERR_INTERNAL;
+        goto err;
+    }
+    gw->watchdog_running = 1;
     *state_p = gw;
     *methods_p = gw->methods;
     *n_methods_p = 4;
@@ -1270,7 +1342,11 @@ static void gw_stop(void *state)
     pthread_mutex_lock(&gw->mu);
     while (gw->active > 0)
         pthread_cond_wait(&gw->idle, &gw->mu);
+    gw->watchdog_stop = 1;
+    pthread_cond_signal(&gw->watchdog_cv);
     pthread_mutex_unlock(&gw->mu);
+    if (gw->watchdog_running)
+        pthread_join(gw->watchdog, NULL);
     for (int i = 0; gw->slots && i < gw->conf->max_streams; i++) {
         if (gw->slots[i].joinable)
             pthread_join(gw->slots[i].thread, NULL);
@@ -1286,6 +1362,7 @@ static void gw_stop(void *state)
     duet_apikeys_cleanup(&gw->keys);
     duet_ratelimit_cleanup(&gw->rate);
     pthread_cond_destroy(&gw->idle);
+    pthread_cond_destroy(&gw->watchdog_cv);
     pthread_mutex_destroy(&gw->mu);
     pthread_mutex_destroy(&gw->store_mu);
     free(gw);
