@@ -35,6 +35,7 @@ typedef struct {
     const char *gateway;
     const char *api_key;
     const char *device;
+    const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
 } generate_conf_t;
 
 #define OPT(flag, env, type, field, def, help) \
@@ -58,6 +59,10 @@ static const duet_conf_opt_t generate_opts[] = {
     OPT("gateway", "DUET_GATEWAY", DUET_CONF_STR, gateway, NULL, "HOST:PORT of a duet gateway: generate there instead of in process"),
     OPT("api-key", "DUET_API_KEY", DUET_CONF_STR, api_key, NULL, "API key sent to the gateway as a bearer token"),
     OPT("device", "DUET_DEVICE", DUET_CONF_STR, device, "cpu", "compute device in process: cpu, cuda or cuda:N"),
+    OPT("tls-ca", "DUET_TLS_CA", DUET_CONF_STR, tls_ca, NULL, "PEM CA bundle: talk TLS to the gateway and verify it with this (\"system\": the system's roots)"),
+    OPT("tls-cert", "DUET_TLS_CERT", DUET_CONF_STR, tls_cert, NULL, "PEM client certificate, for a gateway that requires one (with --tls-key)"),
+    OPT("tls-key", "DUET_TLS_KEY", DUET_CONF_STR, tls_key, NULL, "PEM private key of --tls-cert"),
+    OPT("tls-server-name", NULL, DUET_CONF_STR, tls_server_name, NULL, "name expected in the gateway's certificate (default: the --gateway host)"),
 };
 #undef OPT
 #define N_OPTS ((int)(sizeof generate_opts / sizeof generate_opts[0]))
@@ -330,8 +335,15 @@ int duet_cmd_generate(int argc, char **argv)
     stream_t out = {0};
     int has_template;
     if (c.gateway) {
-        if (duet_rpc_client_create(&r.client) != DUET_OK)
+        /* TLS when a CA (or a client certificate) is given. */
+        int system_roots = c.tls_ca && strcmp(c.tls_ca, "system") == 0;
+        duet_rpc_tls_t tls = {.ca = system_roots ? NULL : c.tls_ca, .cert = c.tls_cert, .key = c.tls_key,
+                              .server_name = c.tls_server_name};
+        duet_rpc_client_conf_t cc = {.tls = c.tls_ca || c.tls_cert ? &tls : NULL};
+        if (duet_rpc_client_create_conf(&cc, &r.client) != DUET_OK) {
+            fprintf(stderr, "duet generate: cannot set up the gateway client (TLS files?)\n");
             return 1;
+        }
         has_template = 1;  /* the gateway renders with its model's template */
     } else {
         if (duet_tool_open_model(c.model, c.device, c.threads, &be, &r.model))
