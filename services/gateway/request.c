@@ -3,7 +3,6 @@
 #include "request.h"
 
 #include <ctype.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,10 +108,12 @@ duet_status_t duet_gateway_request_prepare(const duet_gateway_model_t *m, const 
         snprintf(err, cap, "prompt: set only one of prompt, messages and prompt_token_ids");
         return DUET_ERR_INVALID;
     }
+    /* The engine's limits (duet_sampling_validate): a request accepted here must not be refused
+     * by the decode instance after it was routed. */
     const Duet__V1__SamplingParams *sp = req->sampling;
     if (sp) {
-        if (!(sp->temperature >= 0.0f) || isinf(sp->temperature)) {
-            snprintf(err, cap, "temperature: must be a finite number >= 0 (0: greedy)");
+        if (!(sp->temperature >= 0.0f && sp->temperature <= 100.0f)) {
+            snprintf(err, cap, "temperature: must be in [0, 100] (0: greedy)");
             return DUET_ERR_INVALID;
         }
         if (sp->top_p != 0.0f && !(sp->top_p > 0.0f && sp->top_p <= 1.0f)) {
@@ -127,8 +128,8 @@ duet_status_t duet_gateway_request_prepare(const duet_gateway_model_t *m, const 
             snprintf(err, cap, "min_p: must be in [0, 1] (0: off)");
             return DUET_ERR_INVALID;
         }
-        if (!(sp->repetition_penalty >= 0.0f) || isinf(sp->repetition_penalty)) {
-            snprintf(err, cap, "repetition_penalty: must be a finite number >= 0 (0 or 1: off)");
+        if (!(sp->repetition_penalty >= 0.0f && sp->repetition_penalty <= 100.0f)) {
+            snprintf(err, cap, "repetition_penalty: must be in [0, 100] (0 or 1: off)");
             return DUET_ERR_INVALID;
         }
     }
