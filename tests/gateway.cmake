@@ -1,6 +1,7 @@
 # tests/gateway.cmake — unit tests of the gateway's own pieces (services/gateway), included from
 # tests/CMakeLists.txt.
-duet_test(test_apikeys   LABELS unit SOURCES unit/test_apikeys.c   LIBS duet_gateway_guard)
+duet_test(test_apikeys   LABELS unit SOURCES unit/test_apikeys.c   LIBS duet_gateway_guard
+          ARGS $<TARGET_FILE:duet>)
 duet_test(test_ratelimit LABELS unit SOURCES unit/test_ratelimit.c LIBS duet_gateway_guard)
 # A real duet-gateway with a real redis-server and a stand-in scheduler: keys, limits, retry hints.
 find_program(DUET_REDIS_SERVER redis-server)

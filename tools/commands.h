@@ -12,6 +12,7 @@ int duet_cmd_generate(int argc, char **argv);
 int duet_cmd_bench(int argc, char **argv);
 int duet_cmd_mkmodel(int argc, char **argv);
 int duet_cmd_up(int argc, char **argv);
+int duet_cmd_apikey(int argc, char **argv);
 
 /* Parses a subcommand's options; prints its usage for --help and one line for an error.
  * Returns -1 to go on, else the exit status to end with (0 after --help, 2 after an error). */

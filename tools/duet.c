@@ -20,6 +20,7 @@ static const command_t commands[] = {
     {"generate", duet_cmd_generate, "generate text from a prompt, in process (interactive without --prompt)"},
     {"bench",    duet_cmd_bench,    "measure prompt processing (pp512) and generation (tg128) speed"},
     {"mkmodel",  duet_cmd_mkmodel,  "write a small random-weight GGUF model for tests"},
+    {"apikey",   duet_cmd_apikey,   "make an API key and the sha256: entry the gateway is given (--hash: of a key on stdin)"},
 };
 
 /* The backend a --device names: "cpu", or "cuda" / "cuda:N" when this build has the CUDA backend. */

@@ -95,11 +95,50 @@ static void test_file(void)
     duet_apikeys_cleanup(&k);
 }
 
-int main(void)
+/* `duet apikey` prints a key and its entry; the entry matches the key, and --hash agrees. */
+static void test_duet_apikey_command(const char *duet)
+{
+    char cmd[1024], line[256], key[256] = "", entry[256] = "";
+    snprintf(cmd, sizeof cmd, "%s apikey 2>/dev/null", duet);
+    FILE *p = popen(cmd, "r");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    while (fgets(line, sizeof line, p)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (strncmp(line, "key:   ", 7) == 0)
+            snprintf(key, sizeof key, "%s", line + 7);
+        else if (strncmp(line, "entry: ", 7) == 0)
+            snprintf(entry, sizeof entry, "%s", line + 7);
+    }
+    CHECK_EQ_INT(pclose(p), 0);
+    CHECK(strlen(key) >= 32);
+    duet_apikeys_t k = {0};
+    char err[128];
+    CHECK_EQ_INT(duet_apikeys_add_list(&k, entry, err, sizeof err), DUET_OK);
+    CHECK_EQ_INT(duet_apikeys_match(&k, key, strlen(key)), 0);
+    duet_apikeys_cleanup(&k);
+    snprintf(cmd, sizeof cmd, "printf '%%s\\n' '%s' | %s apikey --hash", key, duet);
+    p = popen(cmd, "r");
+    line[0] = '\0';
+    if (p) {
+        if (!fgets(line, sizeof line, p))
+            line[0] = '\0';
+        pclose(p);
+    }
+    line[strcspn(line, "\n")] = '\0';
+    char hashed[80];
+    duet_apikeys_hash_entry(key, strlen(key), hashed, sizeof hashed);
+    CHECK_MSG(strcmp(line, hashed) == 0, "--hash printed \"%s\", want \"%s\"", line, hashed);
+}
+
+int main(int argc, char **argv)
 {
     RUN_TEST(test_hash_matches_sha256sum);
     RUN_TEST(test_list_of_digests_and_plain_keys);
     RUN_TEST(test_upper_case_hex_and_bad_entries);
     RUN_TEST(test_file);
+    if (argc > 1)
+        test_duet_apikey_command(argv[1]), fprintf(stderr, "%-48s done\n", "test_duet_apikey_command");
     return check_report();
 }
