@@ -39,8 +39,9 @@ typedef struct {
     const duet_cpu_ops_t *ops;
     duet_cpu_ops_t ops_avx512;   /* the table ops points to on the AVX-512 ISA */
     /* The integer matmul over packed weights; NULL on ISAs without it (weights stay as stored). */
-    duet_cpu_qact_fn qact;
+    duet_cpu_qact_fn qact, qact8;   /* 16-bit and 8-bit activations */
     duet_cpu_qgemm_fn qgemm;
+    int act_bits;                   /* 16 or 8: the activations of every packed weight */
     /* Quantized activations of the current matmul, grown to the largest batch seen and then
      * reused, so a step allocates nothing. */
     void *act;
@@ -247,7 +248,21 @@ static void matmul_worker(void *arg)
  * Activations are quantized once per matmul: a few tokens by the caller before the run; more by
  * the threads, token chunks claimed like any work, and each thread waits until every token is
  * done before it takes row groups (a wait for the work, not for the threads: a late thread skips
- * it). Row groups are claimed in chunks too. */
+ * it). Row groups are claimed in chunks too.
+ *
+ * Activation precision (conf.act_bits). 16 bits by default, because the default model is too
+ * sensitive for 8: tests/reference/test_reference_logits (top-5 logits of 14 prompts x 32 steps
+ * against an f32 numpy forward, tolerance 0.1) measured, on SmolLM2-135M Q4_1:
+ *   16-bit per block of 32 (the default)                    0.020, 14/14 continuations identical
+ *   8-bit per block of 32, every matmul                     1.19,  3/14
+ *   8-bit on one kind of matmul only, the rest 16-bit: q,k,v 0.76; attn out 0.31; gate,up 0.80;
+ *     down 0.45; output head 0.22
+ *   8-bit everywhere but the first 4 or the last 4 layers    1.12, 1.14
+ * and, rounding the activations in f32 before the 16-bit path (an upper bound on what a kernel
+ * with that format could do): 8-bit per 16 values 0.61, per 8 values 0.60; 12-bit per 32 0.11;
+ * 16-bit with one scale per row 0.047; 14-bit per row 0.14. So no 8-bit format, per block or
+ * per layer or per kind of matmul, comes near the tolerance on this model; 8 bits stay an option
+ * for callers that accept the error (DUET_CPU_ACT_BITS=8). */
 
 /* Quantizing this many tokens on the caller costs less than the wait. */
 #define QMM_CALLER_QUANT_MAX 4
@@ -268,18 +283,19 @@ static void qmatmul_worker(void *arg)
 {
     qmatmul_task_t *t = arg;
     const duet_cpu_packed_t *p = t->p;
-    size_t arb = duet_qact_row_bytes(p->cols);
+    size_t arb = duet_qact_row_bytes(p->cols, p->act_vb);
+    duet_cpu_qact_fn qact = p->act_vb == 1 ? t->cpu->qact8 : t->cpu->qact;
     uint8_t *act = t->cpu->act;
     int b, e;
     while (claim_next(&t->quant, &b, &e)) {
         for (int i = b; i < e; i++)
-            t->cpu->qact(t->x + (size_t)i * p->cols, p->cols, act + (size_t)i * arb);
+            qact(t->x + (size_t)i * p->cols, p->cols, act + (size_t)i * arb);
         atomic_fetch_add_explicit(&t->quantized, e - b, memory_order_release);
     }
     for (int spins = 0; atomic_load_explicit(&t->quantized, memory_order_acquire) < t->quant.n;)
         duet_cpu_relax(&spins);
     while (claim_next(&t->groups, &b, &e))
-        t->cpu->qgemm(p, b, e, act, t->n, t->bias, t->out, (size_t)p->rows);
+        t->cpu->qgemm(p, b, e, act, p->act_vb, t->n, t->bias, t->out, (size_t)p->rows);
 }
 
 /* Makes cpu->act hold at least bytes; 0 when out of memory. */
@@ -302,13 +318,15 @@ static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *
     cpu_backend_t *cpu = (cpu_backend_t *)be;
     const duet_cpu_packed_t *p = w->packed;
     int parallel = (size_t)w->rows * (size_t)w->cols * (size_t)n >= 32768 && w->rows >= 32;
-    if (p && cpu->qgemm && n > 0 && reserve_act(cpu, (size_t)n * duet_qact_row_bytes(p->cols))) {
+    if (p && cpu->qgemm && n > 0 &&
+        reserve_act(cpu, (size_t)n * duet_qact_row_bytes(p->cols, p->act_vb))) {
         qmatmul_task_t q = {.cpu = cpu, .p = p, .bias = bias, .x = x, .n = n, .out = out};
         int by_caller = n <= QMM_CALLER_QUANT_MAX || !parallel;
         if (by_caller) {
-            size_t arb = duet_qact_row_bytes(p->cols);
+            size_t arb = duet_qact_row_bytes(p->cols, p->act_vb);
+            duet_cpu_qact_fn qact = p->act_vb == 1 ? cpu->qact8 : cpu->qact;
             for (int i = 0; i < n; i++)
-                cpu->qact(x + (size_t)i * p->cols, p->cols, (uint8_t *)cpu->act + (size_t)i * arb);
+                qact(x + (size_t)i * p->cols, p->cols, (uint8_t *)cpu->act + (size_t)i * arb);
         }
         claim_init(be, &q.quant, by_caller ? 0 : n, 1);
         atomic_init(&q.quantized, 0);
@@ -637,6 +655,7 @@ static duet_status_t cpu_prepare_weight(duet_backend_t *be, duet_weight_t *w)
     duet_status_t st = duet_cpu_pack(w, &p);
     if (st != DUET_OK)
         return st;
+    p->act_vb = cpu->act_bits == 8 ? 1 : 2;
     w->packed = p;
     return DUET_OK;
 }
@@ -723,8 +742,13 @@ static const char *isa_name(duet_cpu_isa_t isa)
 duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_t **be_p)
 {
     duet_cpu_conf_t c = conf ? *conf : (duet_cpu_conf_t){0};
-    if (c.n_threads < 0)
+    if (c.n_threads < 0 || (c.act_bits != 0 && c.act_bits != 8 && c.act_bits != 16))
         return DUET_ERR_INVALID;
+    int act_bits = c.act_bits;
+    if (act_bits == 0) {
+        const char *env = getenv("DUET_CPU_ACT_BITS");
+        act_bits = env && strcmp(env, "8") == 0 ? 8 : 16;
+    }
     if (c.isa == DUET_CPU_ISA_AUTO)
         c.isa = duet_cpu_isa_supported(DUET_CPU_ISA_AVX512) ? DUET_CPU_ISA_AVX512
               : duet_cpu_isa_supported(DUET_CPU_ISA_AVX2)   ? DUET_CPU_ISA_AVX2
@@ -747,6 +771,8 @@ duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_
         cpu->ops = &cpu->ops_avx512;
     if (c.isa == DUET_CPU_ISA_AVX512) {
         cpu->qact = duet_cpu_qact_avx512();
+        cpu->qact8 = duet_cpu_qact8_avx512();
+        cpu->act_bits = act_bits;
         cpu->qgemm = duet_cpu_qgemm_avx512();
     }
     cpu->be = (duet_backend_t){

@@ -10,12 +10,18 @@ typedef enum {
     DUET_CPU_ISA_SCALAR,     /* plain C: the reference every vectorized kernel is tested against */
     DUET_CPU_ISA_AVX2,       /* AVX2 + FMA + F16C; refused on a CPU without them */
     DUET_CPU_ISA_AVX512,     /* AVX2 kernels, plus block-type weights repacked at load and an
-                              * integer matmul with AVX-512 F/BW/VL + VNNI (16-bit activations) */
+                              * integer matmul with AVX-512 F/BW/VL + VNNI (16-bit activations,
+                              * or 8-bit ones when asked for) */
 } duet_cpu_isa_t;
 
 typedef struct {
     int n_threads;           /* 0: every CPU this process may use */
     duet_cpu_isa_t isa;
+    /* Activation precision of the AVX-512 integer matmul: 16 (the default) or 8, which is up to
+     * twice as fast in prefill and batched decode but moves the default model's logits by ~1.2,
+     * beyond what tests/reference accepts (cpu_backend.c has the measurements). 0: 8 when the
+     * environment has DUET_CPU_ACT_BITS=8, else 16. Other values are refused. */
+    int act_bits;
 } duet_cpu_conf_t;
 
 /* Creates a CPU backend; *be_p is destroyed with be->destroy(be).

@@ -56,6 +56,7 @@ duet_status_t duet_cpu_pack(const duet_weight_t *w, duet_cpu_packed_t **p_out)
     p->nb = w->cols / 32;
     p->qbytes = w->type == DUET_TYPE_Q8_0 ? 512 : 256;
     p->sbytes = w->type == DUET_TYPE_Q4_1 ? 64 : 32;
+    p->act_vb = 2;
     /* Groups start on a cache line, so the kernels' 64-byte loads are aligned. */
     p->group_bytes = ((size_t)p->nb * (size_t)(p->qbytes + p->sbytes) + 63) & ~(size_t)63;
     size_t bytes = (size_t)p->groups * p->group_bytes;
@@ -129,11 +130,35 @@ void duet_cpu_qact_ref(const float *x, int k, void *dst)
     }
 }
 
-void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int n,
+void duet_cpu_qact8_ref(const float *x, int k, void *dst)
+{
+    int nb = k / 32;
+    int8_t *q = dst;
+    float *d = (float *)((uint8_t *)dst + (size_t)nb * 32), *ds = d + nb;
+    int32_t *sum = (int32_t *)(ds + nb);
+    for (int b = 0; b < nb; b++, x += 32) {
+        float amax = 0.0f;
+        for (int e = 0; e < 32; e++)
+            amax = fmaxf(amax, fabsf(x[e]));
+        float id = amax > 0.0f ? (float)DUET_QM_QMAX8 / amax : 0.0f;
+        int32_t s = 0;
+        for (int e = 0; e < 32; e++) {
+            long v = lrintf(x[e] * id);
+            int qi = (int)(v > DUET_QM_QMAX8 ? DUET_QM_QMAX8 : v < -DUET_QM_QMAX8 ? -DUET_QM_QMAX8 : v);
+            q[b * 32 + e] = (int8_t)qi;
+            s += qi;
+        }
+        d[b] = amax / (float)DUET_QM_QMAX8;
+        ds[b] = d[b] * (float)s;
+        sum[b] = s;
+    }
+}
+
+void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int vb, int n,
                         const float *bias, float *out, size_t ldo)
 {
     int nb = w->nb;
-    size_t arb = duet_qact_row_bytes(w->cols);
+    size_t arb = duet_qact_row_bytes(w->cols, vb);
     int32_t off = w->type == DUET_TYPE_Q8_0 ? 128 : w->type == DUET_TYPE_Q4_0 ? 8 : 0;
     for (int g = g0; g < g1; g++) {
         const uint8_t *gq = w->data + (size_t)g * w->group_bytes;
@@ -142,19 +167,24 @@ void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *
             int row = g * DUET_QM_ROWS + r;
             for (int t = 0; t < n; t++) {
                 const int8_t *aq = (const int8_t *)((const uint8_t *)act + (size_t)t * arb);
-                const float *ad = duet_qact_d(aq, nb), *ads = ad + nb;
+                const float *ad = duet_qact_d(aq, nb, vb), *ads = ad + nb;
                 const int32_t *asum = (const int32_t *)(ads + nb);
                 float acc = 0.0f;
                 for (int b = 0; b < nb; b++) {
                     const uint8_t *bq = gq + (size_t)b * w->qbytes;
                     const uint16_t *bs = gs + (size_t)b * (w->sbytes / 2);
+                    const int8_t *xb = aq + (size_t)b * 32 * (size_t)vb;
                     int32_t ah = 0, al = -off * asum[b];
                     for (int e = 0; e < 32; e++) {
                         int high;
                         uint8_t byte = bq[quant_offset(w->type, r, e, &high)];
                         int32_t u = w->type == DUET_TYPE_Q8_0 ? byte : high ? byte >> 4 : byte & 0x0f;
-                        ah += u * aq[b * 64 + e];
-                        al += u * aq[b * 64 + 32 + e];
+                        if (vb == 2) {
+                            ah += u * xb[e];
+                            al += u * xb[32 + e];
+                        } else {
+                            al += u * xb[e];
+                        }
                     }
                     float s = duet_fp16_to_fp32(bs[r]) * ad[b];
                     acc = fmaf((float)(ah * 256 + al), s, acc);

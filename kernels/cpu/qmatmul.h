@@ -1,15 +1,19 @@
 /* kernels/cpu/qmatmul.h — the integer matmul of the CPU backend (internal to kernels/cpu): block-type
  * weights repacked at load, 16 rows interleaved, against activations quantized once per matmul.
  *
- * Activations are quantized per block of 32 to 16-bit integers q (|q| <= 32639, x ~ d * q) and
- * each q is split into two signed bytes, q = 256 * hi + lo, so that an unsigned-by-signed byte
- * dot product instruction (VNNI vpdpbusd) runs them against unsigned weight bytes at full
- * 16-bit accuracy. 8-bit activations (one byte per value) would be twice as fast in prefill but
- * move the default model's top-5 logits by up to 1.4 (tests/reference/README.md); 16 bits keep
- * them within a few thousandths of the f32 result.
+ * Activations are quantized per block of 32, per row (a row's bytes depend on that row alone), in
+ * one of two formats:
+ *   16-bit: integers q (|q| <= 32639, x ~ d * q), each split into two signed bytes,
+ *           q = 256 * hi + lo, so that an unsigned-by-signed byte dot product instruction (VNNI
+ *           vpdpbusd) runs them against unsigned weight bytes at full 16-bit accuracy: two dot
+ *           products per weight byte, within a few thousandths of the f32 result on the default
+ *           model's logits;
+ *   8-bit:  integers q (|q| <= 127), one byte each: half the dot products, so up to twice the
+ *           prefill speed, but a coarser rounding (amax / 254 per value) that the callers use only
+ *           where the logits allow it (cpu_backend.c says where and why).
  *
  * Weights become unsigned bytes: Q4_0 and Q4_1 keep their nibbles q (0..15), Q8_0 stores q + 128.
- * With S = sum of the 32 activation integers of a block, per row and block:
+ * With S = sum of the 32 activation integers of a block, per row and block (either format):
  *   Q8_0: d_w d_x (sum u q_x - 128 S)     Q4_0: d_w d_x (sum u q_x - 8 S)
  *   Q4_1: d_w d_x sum u q_x + m_w d_x S
  * Integer sums are exact, so the result of a row for a token does not depend on how tokens or
@@ -24,7 +28,8 @@
 #include "../backend.h"
 
 #define DUET_QM_ROWS 16     /* rows per interleaved group: one int32 lane each in 512 bits */
-#define DUET_QM_QMAX 32639  /* largest |q| of an activation: 127 * 256 + 127 splits into bytes */
+#define DUET_QM_QMAX 32639  /* largest |q| of a 16-bit activation: 127 * 256 + 127 splits into bytes */
+#define DUET_QM_QMAX8 127   /* largest |q| of an 8-bit activation */
 
 /* A repacked weight. Group g (rows 16g .. 16g+15, missing rows of the last group are zero) is
  * contiguous and starts on a 64-byte boundary: first quants[nb][qbytes], then scales[nb][sbytes].
@@ -40,6 +45,8 @@ typedef struct {
     int qbytes;         /* 512 (Q8_0) or 256 */
     int sbytes;         /* 32, or 64 for Q4_1 */
     size_t group_bytes; /* nb * (qbytes + sbytes), rounded up to 64 */
+    int act_vb;         /* activation bytes per value the backend multiplies it with: 2 (16-bit,
+                         * the default of duet_cpu_pack) or 1 (8-bit) */
     uint8_t *data;      /* [groups][group_bytes], 64-byte aligned */
 } duet_cpu_packed_t;
 
@@ -49,38 +56,43 @@ int duet_cpu_packable(uint32_t type);
 duet_status_t duet_cpu_pack(const duet_weight_t *w, duet_cpu_packed_t **p_out);
 void duet_cpu_packed_free(duet_cpu_packed_t *p);
 
-/* One quantized activation row of k values (k a multiple of 32), nb = k / 32 blocks:
- *   int8 q[nb][64]   hi bytes of the block's 32 values, then the lo bytes
- *   float d[nb]      the scale, x ~ d * (256 hi + lo)
- *   float ds[nb]     d * S
- *   int32 sum[nb]    S, the sum of the block's 32 integers
+/* One quantized activation row of k values (k a multiple of 32), nb = k / 32 blocks, vb bytes per
+ * value (2: the 16-bit format, 1: the 8-bit one):
+ *   int8 q[nb][32 * vb]   16-bit: the hi bytes of the block's 32 values, then the lo bytes;
+ *                         8-bit: the 32 values
+ *   float d[nb]           the scale, x ~ d * q (q = 256 hi + lo in the 16-bit format)
+ *   float ds[nb]          d * S
+ *   int32 sum[nb]         S, the sum of the block's 32 integers
  * padded to 64 bytes. */
-static inline size_t duet_qact_row_bytes(int k)
+static inline size_t duet_qact_row_bytes(int k, int vb)
 {
     size_t nb = (size_t)k / 32;
-    return (nb * 64 + nb * 12 + 63) & ~(size_t)63;
+    return (nb * 32 * (size_t)vb + nb * 12 + 63) & ~(size_t)63;
 }
 
-static inline const float *duet_qact_d(const void *row, int nb)
+static inline const float *duet_qact_d(const void *row, int nb, int vb)
 {
-    return (const float *)((const uint8_t *)row + (size_t)nb * 64);
+    return (const float *)((const uint8_t *)row + (size_t)nb * 32 * (size_t)vb);
 }
 
-/* Quantizes one activation row into dst (duet_qact_row_bytes(k) bytes). */
+/* Quantizes one activation row into dst (duet_qact_row_bytes(k, vb) bytes, vb fixed per function). */
 typedef void (*duet_cpu_qact_fn)(const float *x, int k, void *dst);
 
 /* out[t * ldo + r] = row r of w times activation row t (+ bias[r] when bias is not NULL) for the
- * rows of groups g0 .. g1-1 and tokens t < n; act holds n rows of duet_qact_row_bytes(w->cols). */
+ * rows of groups g0 .. g1-1 and tokens t < n; act holds n rows of duet_qact_row_bytes(w->cols, vb),
+ * vb = 2 (16-bit activations) or 1 (8-bit). */
 typedef void (*duet_cpu_qgemm_fn)(const duet_cpu_packed_t *w, int g0, int g1, const void *act,
-                                  int n, const float *bias, float *out, size_t ldo);
+                                  int vb, int n, const float *bias, float *out, size_t ldo);
 
 /* The plain C versions: the reference the vectorized ones must match bit for bit. */
-void duet_cpu_qact_ref(const float *x, int k, void *dst);
-void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int n,
+void duet_cpu_qact_ref(const float *x, int k, void *dst);    /* 16-bit */
+void duet_cpu_qact8_ref(const float *x, int k, void *dst);   /* 8-bit */
+void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int vb, int n,
                         const float *bias, float *out, size_t ldo);
 
 /* The AVX-512 VNNI versions, or NULL when this build has none (the caller checks the CPU). */
 duet_cpu_qact_fn  duet_cpu_qact_avx512(void);
+duet_cpu_qact_fn  duet_cpu_qact8_avx512(void);
 duet_cpu_qgemm_fn duet_cpu_qgemm_avx512(void);
 
 #endif

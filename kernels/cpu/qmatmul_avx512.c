@@ -12,8 +12,18 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* Tokens per tile: 3 accumulators each (hi, lo, float) stay in registers with the weights. */
-#define TILE_T 4
+/* Tokens per tile, with 16-bit activations 3 accumulators each (hi, lo, float), with 8-bit 2:
+ * they stay in registers with the weights. */
+#ifndef TILE_T8
+#define TILE_T8 8
+#endif
+#ifndef TILE_T16
+#define TILE_T16 4
+#endif
+#ifndef SPLIT_CHAINS
+#define SPLIT_CHAINS 9
+#endif
+#define TILE_MAX 8
 /* Tokens whose activations one pass over a thread's row groups reuses from cache. */
 #define TOKEN_CHUNK 64
 
@@ -50,6 +60,31 @@ static void qact(const float *x, int k, void *dst)
     }
 }
 
+static void qact8(const float *x, int k, void *dst)
+{
+    int nb = k / 32;
+    int8_t *q = dst;
+    float *d = (float *)((uint8_t *)dst + (size_t)nb * 32), *ds = d + nb;
+    int32_t *sum = (int32_t *)(ds + nb);
+    const __m512i qmax = _mm512_set1_epi32(DUET_QM_QMAX8), qmin = _mm512_set1_epi32(-DUET_QM_QMAX8);
+    for (int b = 0; b < nb; b++, x += 32) {
+        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        float id = amax > 0.0f ? (float)DUET_QM_QMAX8 / amax : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, qmax), qmin);
+        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, qmax), qmin);
+        _mm_storeu_si128((__m128i *)(q + b * 32), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + b * 32 + 16), _mm512_cvtepi32_epi8(q1));
+        int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        d[b] = amax / (float)DUET_QM_QMAX8;
+        ds[b] = d[b] * (float)s;
+        sum[b] = s;
+    }
+}
+
 /* Four activation bytes broadcast to every 32-bit lane. */
 INLINE __m512i bcast4(const int8_t *p)
 {
@@ -70,50 +105,53 @@ INLINE void store_rows(__m512 v, const float *bias, float *out, int row0, int ro
 enum { KIND_Q8_0, KIND_Q4_0, KIND_Q4_1 };
 
 /* One row group against T tokens over every block; token t's 16 results go to out[t * ldo +
- * row0 ..] (+ bias). a[t] points at token t's quantized row. The accumulators never leave
- * registers (returning them through memory made GCC keep them there). With one token, the hi and lo sums each run as two
- * chains (even and odd chunks) so the VNNI latency overlaps; integer sums are exact, so this
- * changes nothing in the result. */
-INLINE void group_tile(int kind, int T, const uint8_t *gq, int nb, const int8_t *const *a,
+ * row0 ..] (+ bias). a[t] points at token t's quantized row, vb bytes per value (2: a hi and a lo
+ * sum per token, 1: one sum). The accumulators never leave registers (returning them through
+ * memory made GCC keep them there). VNNI has a latency of several cycles and two ports: when a
+ * tile has fewer than SPLIT_CHAINS sums, each runs as two chains (even and odd chunks, or low
+ * and high nibbles) so that enough are in flight; integer sums are exact, so this changes
+ * nothing in the result. */
+INLINE void group_tile(int kind, int vb, int T, const uint8_t *gq, int nb, const int8_t *const *a,
                        const float *bias, float *out, size_t ldo, int row0, int rows)
 {
-    __m512 facc[TILE_T];
+    __m512 facc[TILE_MAX];
     const int qbytes = kind == KIND_Q8_0 ? 512 : 256;
     const int sbytes = kind == KIND_Q4_1 ? 64 : 32;
     const int32_t off = kind == KIND_Q8_0 ? 128 : kind == KIND_Q4_0 ? 8 : 0;
+    const size_t ab = (size_t)32 * (size_t)vb;   /* activation bytes per block */
+    const int split = T * vb < SPLIT_CHAINS;
     const uint16_t *gs = (const uint16_t *)(gq + (size_t)nb * qbytes);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const float *ad[TILE_T], *ads[TILE_T];
-    const int32_t *asum[TILE_T];
-    _Pragma("GCC unroll 4")
+    const float *ad[TILE_MAX], *ads[TILE_MAX];
+    const int32_t *asum[TILE_MAX];
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++) {
-        ad[t] = duet_qact_d(a[t], nb);
+        ad[t] = duet_qact_d(a[t], nb, vb);
         ads[t] = ad[t] + nb;
         asum[t] = (const int32_t *)(ads[t] + nb);
         facc[t] = _mm512_setzero_ps();
     }
     for (int b = 0; b < nb; b++) {
         const uint8_t *bq = gq + (size_t)b * qbytes;
-        __m512i ah[TILE_T], al[TILE_T], ah2 = _mm512_setzero_si512(), al2 = _mm512_setzero_si512();
-        _Pragma("GCC unroll 4")
+        /* 16-bit: ah += hi dots, al += lo dots; 8-bit: al alone. ah2, al2: the second chains. */
+        __m512i ah[TILE_MAX], al[TILE_MAX], ah2[TILE_MAX], al2[TILE_MAX];
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
-            ah[t] = _mm512_setzero_si512();
+            ah[t] = ah2[t] = al2[t] = _mm512_setzero_si512();
             al[t] = _mm512_set1_epi32(-off * asum[t][b]);
         }
         if (kind == KIND_Q8_0) {
             _Pragma("GCC unroll 8")
             for (int c = 0; c < 8; c++) {
                 __m512i w = _mm512_load_si512((const void *)(bq + 64 * c));
-                _Pragma("GCC unroll 4")
+                _Pragma("GCC unroll 8")
                 for (int t = 0; t < T; t++) {
-                    const int8_t *x = a[t] + (size_t)b * 64;
-                    if (T == 1 && (c & 1)) {
-                        ah2 = _mm512_dpbusd_epi32(ah2, w, bcast4(x + 4 * c));
-                        al2 = _mm512_dpbusd_epi32(al2, w, bcast4(x + 32 + 4 * c));
-                    } else {
-                        ah[t] = _mm512_dpbusd_epi32(ah[t], w, bcast4(x + 4 * c));
-                        al[t] = _mm512_dpbusd_epi32(al[t], w, bcast4(x + 32 + 4 * c));
-                    }
+                    const int8_t *x = a[t] + (size_t)b * ab + 4 * c;
+                    int second = split && (c & 1);
+                    __m512i *h = second ? &ah2[t] : &ah[t], *l = second ? &al2[t] : &al[t];
+                    if (vb == 2)
+                        *h = _mm512_dpbusd_epi32(*h, w, bcast4(x));
+                    *l = _mm512_dpbusd_epi32(*l, w, bcast4(x + (vb == 2 ? 32 : 0)));
                 }
             }
         } else {
@@ -122,82 +160,102 @@ INLINE void group_tile(int kind, int T, const uint8_t *gq, int nb, const int8_t 
                 __m512i raw = _mm512_load_si512((const void *)(bq + 64 * k));
                 __m512i w0 = _mm512_and_si512(raw, m4);
                 __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
-                _Pragma("GCC unroll 4")
+                _Pragma("GCC unroll 8")
                 for (int t = 0; t < T; t++) {
-                    const int8_t *x = a[t] + (size_t)b * 64 + 8 * k;
-                    ah[t] = _mm512_dpbusd_epi32(ah[t], w0, bcast4(x));
-                    al[t] = _mm512_dpbusd_epi32(al[t], w0, bcast4(x + 32));
-                    if (T == 1) {
-                        ah2 = _mm512_dpbusd_epi32(ah2, w1, bcast4(x + 4));
-                        al2 = _mm512_dpbusd_epi32(al2, w1, bcast4(x + 36));
-                    } else {
-                        ah[t] = _mm512_dpbusd_epi32(ah[t], w1, bcast4(x + 4));
-                        al[t] = _mm512_dpbusd_epi32(al[t], w1, bcast4(x + 36));
+                    const int8_t *x = a[t] + (size_t)b * ab + 8 * k;
+                    __m512i *h = split ? &ah2[t] : &ah[t], *l = split ? &al2[t] : &al[t];
+                    if (vb == 2) {
+                        ah[t] = _mm512_dpbusd_epi32(ah[t], w0, bcast4(x));
+                        *h = _mm512_dpbusd_epi32(*h, w1, bcast4(x + 4));
                     }
+                    al[t] = _mm512_dpbusd_epi32(al[t], w0, bcast4(x + (vb == 2 ? 32 : 0)));
+                    *l = _mm512_dpbusd_epi32(*l, w1, bcast4(x + (vb == 2 ? 36 : 4)));
                 }
             }
-        }
-        if (T == 1) {
-            ah[0] = _mm512_add_epi32(ah[0], ah2);
-            al[0] = _mm512_add_epi32(al[0], al2);
         }
         const uint16_t *bs = gs + (size_t)b * (sbytes / 2);
         __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)bs));
         __m512 mw = kind == KIND_Q4_1 ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(bs + 16)))
                                       : _mm512_setzero_ps();
-        _Pragma("GCC unroll 4")
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
-            __m512i i = _mm512_add_epi32(_mm512_slli_epi32(ah[t], 8), al[t]);
+            __m512i i = split ? _mm512_add_epi32(al[t], al2[t]) : al[t];
+            if (vb == 2)
+                i = _mm512_add_epi32(_mm512_slli_epi32(split ? _mm512_add_epi32(ah[t], ah2[t]) : ah[t], 8), i);
             __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(ad[t][b]));
             facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s, facc[t]);
             if (kind == KIND_Q4_1)
                 facc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(ads[t][b]), facc[t]);
         }
     }
-    _Pragma("GCC unroll 4")
+    _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
         store_rows(facc[t], bias, out + (size_t)t * ldo, row0, rows);
 }
 
-INLINE void qgemm_kind(int kind, const duet_cpu_packed_t *w, int g0, int g1, const void *act, int n,
-                       const float *bias, float *out, size_t ldo)
+/* Tiles of TILE_T16 tokens for 16-bit activations (3 accumulators each), TILE_T8 for 8-bit (2). */
+INLINE void qgemm_kind(int kind, int vb, const duet_cpu_packed_t *w, int g0, int g1, const void *act,
+                       int n, const float *bias, float *out, size_t ldo)
 {
-    size_t arb = duet_qact_row_bytes(w->cols);
+    size_t arb = duet_qact_row_bytes(w->cols, vb);
+    const int tile = vb == 1 ? TILE_T8 : TILE_T16;
     for (int c0 = 0; c0 < n; c0 += TOKEN_CHUNK) {
         int c1 = n - c0 < TOKEN_CHUNK ? n : c0 + TOKEN_CHUNK;
         for (int g = g0; g < g1; g++) {
             const uint8_t *gq = w->data + (size_t)g * w->group_bytes;
-            for (int t0 = c0; t0 < c1; t0 += TILE_T) {
-                int nt = c1 - t0 < TILE_T ? c1 - t0 : TILE_T;
-                const int8_t *a[TILE_T];
+            for (int t0 = c0; t0 < c1; t0 += tile) {
+                int nt = c1 - t0 < tile ? c1 - t0 : tile;
+                const int8_t *a[TILE_MAX];
                 for (int t = 0; t < nt; t++)
                     a[t] = (const int8_t *)act + (size_t)(t0 + t) * arb;
                 float *o = out + (size_t)t0 * ldo;
                 int row0 = g * DUET_QM_ROWS;
-                switch (nt) {
-                case 1: group_tile(kind, 1, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
-                case 2: group_tile(kind, 2, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
-                case 3: group_tile(kind, 3, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
-                default: group_tile(kind, 4, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
+#define TILE_CASE(T) \
+    case T: group_tile(kind, vb, T, gq, w->nb, a, bias, o, ldo, row0, w->rows); break
+                if (vb == 1) {
+                    switch (nt) {
+                    TILE_CASE(1); TILE_CASE(2); TILE_CASE(3); TILE_CASE(4);
+                    TILE_CASE(5); TILE_CASE(6); TILE_CASE(7);
+                    default: group_tile(kind, vb, TILE_T8, gq, w->nb, a, bias, o, ldo, row0, w->rows);
+                    }
+                } else {
+                    switch (nt) {
+                    TILE_CASE(1); TILE_CASE(2); TILE_CASE(3);
+                    default: group_tile(kind, vb, TILE_T16, gq, w->nb, a, bias, o, ldo, row0, w->rows);
+                    }
                 }
+#undef TILE_CASE
             }
         }
     }
 }
 
-static void qgemm(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int n,
+static void qgemm(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int vb, int n,
                   const float *bias, float *out, size_t ldo)
 {
+    if (vb == 1) {
+        switch (w->type) {
+        case DUET_TYPE_Q8_0: qgemm_kind(KIND_Q8_0, 1, w, g0, g1, act, n, bias, out, ldo); break;
+        case DUET_TYPE_Q4_0: qgemm_kind(KIND_Q4_0, 1, w, g0, g1, act, n, bias, out, ldo); break;
+        default:             qgemm_kind(KIND_Q4_1, 1, w, g0, g1, act, n, bias, out, ldo); break;
+        }
+        return;
+    }
     switch (w->type) {
-    case DUET_TYPE_Q8_0: qgemm_kind(KIND_Q8_0, w, g0, g1, act, n, bias, out, ldo); break;
-    case DUET_TYPE_Q4_0: qgemm_kind(KIND_Q4_0, w, g0, g1, act, n, bias, out, ldo); break;
-    default:             qgemm_kind(KIND_Q4_1, w, g0, g1, act, n, bias, out, ldo); break;
+    case DUET_TYPE_Q8_0: qgemm_kind(KIND_Q8_0, 2, w, g0, g1, act, n, bias, out, ldo); break;
+    case DUET_TYPE_Q4_0: qgemm_kind(KIND_Q4_0, 2, w, g0, g1, act, n, bias, out, ldo); break;
+    default:             qgemm_kind(KIND_Q4_1, 2, w, g0, g1, act, n, bias, out, ldo); break;
     }
 }
 
 duet_cpu_qact_fn duet_cpu_qact_avx512(void)
 {
     return qact;
+}
+
+duet_cpu_qact_fn duet_cpu_qact8_avx512(void)
+{
+    return qact8;
 }
 
 duet_cpu_qgemm_fn duet_cpu_qgemm_avx512(void)
@@ -208,6 +266,11 @@ duet_cpu_qgemm_fn duet_cpu_qgemm_avx512(void)
 #else
 
 duet_cpu_qact_fn duet_cpu_qact_avx512(void)
+{
+    return NULL;
+}
+
+duet_cpu_qact_fn duet_cpu_qact8_avx512(void)
 {
     return NULL;
 }

@@ -104,6 +104,7 @@ static void test_backend_create(void)
     be->free(be, p);
     be->destroy(be);
     CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = -1}, &be), DUET_ERR_INVALID);
+    CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.act_bits = 12}, &be), DUET_ERR_INVALID);
     CHECK(duet_cpu_isa_supported(DUET_CPU_ISA_SCALAR));
 }
 
@@ -349,21 +350,24 @@ static void fill_act(float *x, int n, int cols)
 }
 
 /* The plain C reference (quantize, then the packed group kernel) against double precision on the
- * dequantized weights: within f32 accumulation error plus the activation rounding, which is at most
- * half a step, amax / (2 * 32639), per value of each block. The AVX-512 kernels must then give
- * exactly the reference's quantized bytes and outputs, for every tile shape, token count (1..5,
- * 17, and 70, past one 64-token chunk), row tail (rows not a multiple of 16) and group range. */
+ * dequantized weights, for 16-bit and 8-bit activations: within f32 accumulation error plus the
+ * activation rounding, which is at most half a step, amax / (2 * 32639) or amax / (2 * 127), per
+ * value of each block (times 1.01 for the f32 scale). The AVX-512 kernels must then give exactly
+ * the reference's quantized bytes and outputs, for every tile shape (16-bit tiles of up to 4
+ * tokens, 8-bit of up to 8), token count (1..9, 17, and 70, past one 64-token chunk), row tail
+ * (rows not a multiple of 16) and group range. */
 static void test_qmatmul(void)
 {
     static const uint32_t types[] = {DUET_TYPE_Q8_0, DUET_TYPE_Q4_0, DUET_TYPE_Q4_1};
     static const int cols_list[] = {32, 96, 576, 1536};
     static const int rows_list[] = {1, 7, 16, 33, 192};
-    static const int n_list[] = {1, 2, 3, 4, 5, 17, 70};
-    duet_cpu_qact_fn qact = duet_cpu_isa_supported(DUET_CPU_ISA_AVX512) ? duet_cpu_qact_avx512() : NULL;
-    duet_cpu_qgemm_fn qgemm = qact ? duet_cpu_qgemm_avx512() : NULL;
-    if (!qact)
+    static const int n_list[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 70};
+    int avx512 = duet_cpu_isa_supported(DUET_CPU_ISA_AVX512);
+    duet_cpu_qgemm_fn qgemm = avx512 ? duet_cpu_qgemm_avx512() : NULL;
+    if (!qgemm)
         fprintf(stderr, "  (no AVX-512 VNNI on this CPU: only the reference is checked)\n");
     int cases = 0, failed = 0;
+    for (int vb = 2; vb >= 1; vb--)
     for (size_t ti = 0; ti < 3; ti++)
         for (size_t ci = 0; ci < 4; ci++)
             for (size_t ri = 0; ri < 5; ri++) {
@@ -378,8 +382,11 @@ static void test_qmatmul(void)
                 }
                 float *bias = xmalloc((size_t)rows * sizeof *bias);
                 fill_rand(bias, rows, -2.0f, 2.0f);
-                size_t arb = duet_qact_row_bytes(cols);
-                for (size_t ni = 0; ni < 7; ni++) {
+                size_t arb = duet_qact_row_bytes(cols, vb);
+                duet_cpu_qact_fn qact_ref = vb == 2 ? duet_cpu_qact_ref : duet_cpu_qact8_ref;
+                duet_cpu_qact_fn qact = !avx512 ? NULL : vb == 2 ? duet_cpu_qact_avx512() : duet_cpu_qact8_avx512();
+                double qmax = vb == 2 ? DUET_QM_QMAX : DUET_QM_QMAX8;
+                for (size_t ni = 0; ni < 11; ni++) {
                     int n = n_list[ni];
                     const float *b = ni % 2 ? bias : NULL;
                     size_t no = (size_t)n * rows;
@@ -391,8 +398,8 @@ static void test_qmatmul(void)
                     memset(ar, 0, n * arb);
                     memset(av, 0, n * arb);
                     for (int i = 0; i < n; i++)
-                        duet_cpu_qact_ref(x + (size_t)i * cols, cols, ar + i * arb);
-                    duet_cpu_qgemm_ref(p, 0, p->groups, ar, n, b, os, (size_t)rows);
+                        qact_ref(x + (size_t)i * cols, cols, ar + i * arb);
+                    duet_cpu_qgemm_ref(p, 0, p->groups, ar, vb, n, b, os, (size_t)rows);
                     double worst = 0;
                     for (int i = 0; i < n; i++)
                         for (int r = 0; r < rows; r++) {
@@ -407,7 +414,7 @@ static void test_qmatmul(void)
                                     amax = fmax(amax, fabs(xi[c]));
                                     wabs += fabs(wr[c]);
                                 }
-                                qerr += wabs * amax / (2.0 * DUET_QM_QMAX) * 1.01;
+                                qerr += wabs * amax / (2.0 * qmax) * 1.01;
                             }
                             double tol = 5e-6 * mag + qerr + 1e-6;
                             double e = fabs((double)os[(size_t)i * rows + r] - sum) / tol;
@@ -420,20 +427,20 @@ static void test_qmatmul(void)
                         exact &= memcmp(ar, av, n * arb) == 0;
                         /* Two calls over a split of the groups, as two threads would make. */
                         int half = p->groups / 2;
-                        qgemm(p, 0, half, av, n, b, ov, (size_t)rows);
-                        qgemm(p, half, p->groups, av, n, b, ov, (size_t)rows);
+                        qgemm(p, 0, half, av, vb, n, b, ov, (size_t)rows);
+                        qgemm(p, half, p->groups, av, vb, n, b, ov, (size_t)rows);
                         exact &= memcmp(os, ov, no * sizeof *os) == 0;
                         /* Each token alone gives the same bits as in the batch. */
                         for (int i = 0; i < n && exact; i += 3) {
-                            qgemm(p, 0, p->groups, av + i * arb, 1, b, ov, (size_t)rows);
+                            qgemm(p, 0, p->groups, av + i * arb, vb, 1, b, ov, (size_t)rows);
                             exact &= memcmp(os + (size_t)i * rows, ov, (size_t)rows * sizeof *ov) == 0;
                         }
                     }
                     cases++;
                     if (!(worst <= 1.0) || !exact) {
                         failed++;
-                        fprintf(stderr, "  qmatmul %s rows %d cols %d n %d: reference/double %.3g of tolerance, avx512 %s\n",
-                                type_name(type), rows, cols, n, worst, exact ? "exact" : "DIFFERS");
+                        fprintf(stderr, "  qmatmul %s %d-bit rows %d cols %d n %d: reference/double %.3g of tolerance, avx512 %s\n",
+                                type_name(type), 8 * vb, rows, cols, n, worst, exact ? "exact" : "DIFFERS");
                     }
                     free(x);
                     free(ar);
@@ -456,17 +463,27 @@ static void test_qmatmul(void)
 
 /* The AVX-512 backend end to end: prepare_weight packs the block types (and leaves the others as
  * they are), matmul then runs the packed path on the pool, and release_weight frees the copy.
- * Outputs match the scalar backend within f32 error plus the activation rounding. */
+ * Outputs match the scalar backend within f32 error plus the activation rounding, with 16-bit
+ * activations (be_avx512) and with 8-bit ones (a backend made with act_bits 8). */
 static void test_matmul_packed(void)
 {
     if (!be_avx512)
         return;
     static const int n_list[] = {1, 4, 5, 33};
     int cases = 0, failed = 0;
+    duet_backend_t *be8 = NULL;
+    CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 2, .isa = DUET_CPU_ISA_AVX512,
+                                                            .act_bits = 8},
+                                         &be8), DUET_OK);
+    if (!be8)
+        return;
+    for (int bits = 16; bits >= 8; bits -= 8)
     for (size_t ti = 0; ti < N_TYPES; ti++) {
+        duet_backend_t *be = bits == 16 ? be_avx512 : be8;
+        double qmax = bits == 16 ? DUET_QM_QMAX : DUET_QM_QMAX8;
         uint32_t type = all_types[ti];
         test_weight_t tw = make_weight(type, 200, 576);
-        CHECK_EQ_INT(be_avx512->prepare_weight(be_avx512, &tw.w), DUET_OK);
+        CHECK_EQ_INT(be->prepare_weight(be, &tw.w), DUET_OK);
         CHECK_MSG((tw.w.packed != NULL) == duet_cpu_packable(type), "%s packed", type_name(type));
         for (size_t ni = 0; ni < 4; ni++) {
             int n = n_list[ni];
@@ -475,7 +492,7 @@ static void test_matmul_packed(void)
             float *os = xmalloc(no * sizeof *os), *oa = xmalloc(no * sizeof *oa);
             fill_act(x, n, 576);
             be_scalar->matmul(be_scalar, &tw.w, NULL, x, n, os);
-            be_avx512->matmul(be_avx512, &tw.w, NULL, x, n, oa);
+            be->matmul(be, &tw.w, NULL, x, n, oa);
             double worst = 0;
             for (int i = 0; i < n; i++)
                 for (int r = 0; r < 200; r++) {
@@ -488,7 +505,7 @@ static void test_matmul_packed(void)
                             amax = fmax(amax, fabs(xv));
                             wabs += fabs(wv);
                         }
-                        qerr += wabs * amax / (2.0 * DUET_QM_QMAX) * 1.01;
+                        qerr += wabs * amax / (2.0 * qmax) * 1.01;
                     }
                     size_t k = (size_t)i * 200 + r;
                     double e = fabs((double)oa[k] - os[k]) / (1e-5 * mag + qerr + 2e-6);
@@ -497,17 +514,19 @@ static void test_matmul_packed(void)
             cases++;
             if (!(worst <= 1.0)) {
                 failed++;
-                fprintf(stderr, "  packed matmul %s n %d: %.3g of tolerance\n", type_name(type), n, worst);
+                fprintf(stderr, "  packed matmul %s %d-bit n %d: %.3g of tolerance\n", type_name(type), bits, n,
+                        worst);
             }
             free(x);
             free(os);
             free(oa);
         }
         if (tw.w.packed)
-            be_avx512->release_weight(be_avx512, &tw.w);
+            be->release_weight(be, &tw.w);
         CHECK(tw.w.packed == NULL);
         free_weight(&tw);
     }
+    be8->destroy(be8);
     CHECK_MSG(failed == 0, "%d of %d packed matmul cases out of tolerance", failed, cases);
 }
 
@@ -1017,7 +1036,8 @@ int main(void)
                      DUET_ERR_UNSUPPORTED);
     }
     if (duet_cpu_isa_supported(DUET_CPU_ISA_AVX512))
-        CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 2, .isa = DUET_CPU_ISA_AVX512},
+        CHECK_EQ_INT(duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 2, .isa = DUET_CPU_ISA_AVX512,
+                                                                .act_bits = 16},
                                              &be_avx512), DUET_OK);
     else
         fprintf(stderr, "\n*** THIS CPU HAS NO AVX-512 VNNI: the integer matmul kernels are NOT tested, "
