@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
@@ -34,6 +35,7 @@
 #define SLOTS_PER_METHOD 4   /* calls the server can accept per method before a CQ thread re-arms */
 #define STATUS_MSG_MAX   512
 #define TRAILERS_MAX     4
+#define SHUTDOWN_GRACE_S 1   /* seconds finished calls get to deliver their status at shutdown */
 
 typedef enum { TAG_SLOT, TAG_RECV_CLOSE, TAG_SEND, TAG_WAKE, TAG_SHUTDOWN } tag_kind_t;
 
@@ -892,7 +894,15 @@ void duet_rpc_server_destroy(duet_rpc_server_t *s)
     atomic_store(&s->serving, 0);
 
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
-    /* Running calls end now: their RECV_CLOSE completes cancelled and on_cancel callbacks run. */
+    /* Calls a service has just finished (a drain) get a moment to deliver their status; then
+     * running calls end: their RECV_CLOSE completes cancelled and on_cancel callbacks run. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += SHUTDOWN_GRACE_S;
+    pthread_mutex_lock(&s->mu);
+    while (s->live_calls > 0 && pthread_cond_timedwait(&s->cv, &s->mu, &until) == 0)
+        ;
+    pthread_mutex_unlock(&s->mu);
     grpc_server_cancel_all_calls(s->server);
     pthread_mutex_lock(&s->mu);
     while (!s->shutdown_done || s->live_calls > 0)

@@ -293,6 +293,8 @@ int duet_service_main(const duet_service_def_t *def, int argc, char **argv)
     rc = 0;
 
     duet_rpc_server_set_serving(svc.server, 0);
+    if (def->drain)
+        def->drain(svc.state);
     pthread_mutex_lock(&svc.lock);
     svc.stopping = 1;
     pthread_cond_signal(&svc.wake);

@@ -49,6 +49,11 @@ typedef struct {
     void (*describe)(void *state, duet_state_inst_t *info);
     /* Current load, once per heartbeat (every second). Optional; thread-safe in the service. */
     void (*load)(void *state, duet_state_load_t *load);
+    /* On SIGTERM/SIGINT, while the server still runs (its health already NOT_SERVING): refuse new
+     * calls and end the running ones so their clients can go elsewhere (UNAVAILABLE, not
+     * CANCELLED). Returns once every call it had is finished. Optional: without it the server's
+     * shutdown cancels running calls. */
+    void (*drain)(void *state);
     /* Tears the service down after the server has stopped and every call has finished. */
     void (*stop)(void *state);
 } duet_service_def_t;

@@ -186,7 +186,7 @@ typedef struct rjob {
     duet_status_t status;
 } rjob_t;
 
-typedef enum { CMD_NEW, CMD_PREFILL_DONE, CMD_RELEASE_DONE, CMD_STOP } cmd_kind_t;
+typedef enum { CMD_NEW, CMD_PREFILL_DONE, CMD_RELEASE_DONE, CMD_DRAIN, CMD_STOP } cmd_kind_t;
 
 typedef struct cmd {
     struct cmd *next;
@@ -221,6 +221,7 @@ typedef struct decode {
     pthread_cond_t init_cv;
     int init_done;
     duet_status_t init_status;
+    int drained;                    /* CMD_DRAIN done (under mu, signalled on init_cv) */
     uint8_t *ucx_addr, *rkey;
     size_t ucx_addr_len, rkey_len;
     uint64_t pool_base;
@@ -234,6 +235,7 @@ typedef struct decode {
     duet_state_t *store;
     int64_t store_retry_ns;
     bool redis_down;
+    bool draining;                  /* CMD_DRAIN seen: new requests are refused */
     dreq_t *live_head, *live_tail;
     dreq_t *fifo_head, *fifo_tail;
     int n_helpers;
@@ -907,35 +909,6 @@ static void new_request(decode_t *d, dreq_t *r, bool stopping)
     admit_waiting(d);
 }
 
-static void drain(decode_t *d, bool *stopping)
-{
-    uint64_t v;
-    ssize_t n = read(d->efd, &v, sizeof v);
-    (void)n;
-    pthread_mutex_lock(&d->mu);
-    cmd_t *c = d->cmd_head;
-    d->cmd_head = d->cmd_tail = NULL;
-    pthread_mutex_unlock(&d->mu);
-    while (c) {
-        cmd_t *next = c->next;
-        switch (c->kind) {
-        case CMD_NEW:
-            new_request(d, c->req, *stopping);
-            break;
-        case CMD_PREFILL_DONE:
-            prefill_done(d, c->job);
-            break;
-        case CMD_RELEASE_DONE:
-            release_done(d, c->rjob);
-            break;
-        case CMD_STOP:
-            *stopping = true;
-            break;
-        }
-        free(c);
-        c = next;
-    }
-}
 
 static void fifo_remove(decode_t *d, dreq_t *r)
 {
@@ -950,6 +923,71 @@ static void fifo_remove(decode_t *d, dreq_t *r)
     if (d->fifo_tail == r)
         d->fifo_tail = prev;
     r->fifo_next = NULL;
+}
+
+/* The instance is going away: every stream ends now with UNAVAILABLE and its record is left where
+ * it is, so the gateway places the request again (attempt + 1) with the tokens it has relayed.
+ * Requests whose prefill call is out stay as zombies until it returns (they may be written). */
+static void drain_streams(decode_t *d)
+{
+    for (dreq_t *r = d->live_head, *next; r; r = next) {
+        next = r->next;
+        if (!r->stream)
+            continue;
+        duet_metrics_outcome(&d->outcomes, DUET_ERR_UNAVAILABLE);
+        duet_rpc_stream_finish(r->stream, DUET_ERR_UNAVAILABLE, "decode instance stopping");
+        r->stream = NULL;
+        switch (r->phase) {
+        case PHASE_WAIT_BLOCKS:
+            fifo_remove(d, r);
+            live_unlink(d, r);
+            dreq_free(r);
+            break;
+        case PHASE_REMOTE:
+            break;
+        case PHASE_ENGINE:
+            duet_engine_cancel(d->engine, r->seq);   /* frees r through sink_finish */
+            break;
+        }
+    }
+    pthread_mutex_lock(&d->mu);
+    d->drained = 1;
+    pthread_cond_broadcast(&d->init_cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void drain(decode_t *d, bool *stopping)
+{
+    uint64_t v;
+    ssize_t n = read(d->efd, &v, sizeof v);
+    (void)n;
+    pthread_mutex_lock(&d->mu);
+    cmd_t *c = d->cmd_head;
+    d->cmd_head = d->cmd_tail = NULL;
+    pthread_mutex_unlock(&d->mu);
+    while (c) {
+        cmd_t *next = c->next;
+        switch (c->kind) {
+        case CMD_NEW:
+            new_request(d, c->req, *stopping || d->draining);
+            break;
+        case CMD_PREFILL_DONE:
+            prefill_done(d, c->job);
+            break;
+        case CMD_RELEASE_DONE:
+            release_done(d, c->rjob);
+            break;
+        case CMD_DRAIN:
+            d->draining = true;   /* the loop goes on until CMD_STOP: the server still runs */
+            drain_streams(d);
+            break;
+        case CMD_STOP:
+            *stopping = true;
+            break;
+        }
+        free(c);
+        c = next;
+    }
 }
 
 /* Some stream was cancelled (or the server is stopping): end every request whose stream is. */
@@ -1351,6 +1389,22 @@ static void decode_load(void *state, duet_state_load_t *load)
 
 /* The server has stopped and every stream is finished: the engine thread waits for prefill calls
  * still out, then tears down the engine, pool and kvx. */
+static void decode_drain(void *state)
+{
+    decode_t *d = state;
+    atomic_store(&d->stopping, 1);   /* the handler refuses new calls from now on */
+    cmd_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;   /* the server's shutdown cancels the streams instead */
+    c->kind = CMD_DRAIN;
+    push_cmd(d, c);
+    pthread_mutex_lock(&d->mu);
+    while (!d->drained)
+        pthread_cond_wait(&d->init_cv, &d->mu);
+    pthread_mutex_unlock(&d->mu);
+    duet_log_info("decode: every stream ended with UNAVAILABLE for its gateway to place it again");
+}
+
 static void decode_stop(void *state)
 {
     decode_t *d = state;
@@ -1377,5 +1431,6 @@ const duet_service_def_t duet_decode_service = {
     .start = decode_start,
     .describe = decode_describe,
     .load = decode_load,
+    .drain = decode_drain,
     .stop = decode_stop,
 };

@@ -647,6 +647,8 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
                          gw->conf->decode_idle_timeout_ms);
                 status = DUET_ERR_UNAVAILABLE;
                 break;
+            } else if (status == DUET_ERR_CANCELLED) {
+                status = DUET_ERR_UNAVAILABLE;   /* not by us or the client: the decode server is going away */
             }
             snprintf(err, err_cap, "decode %s: %s", rr->decode_instance_id,
                      duet_rpc_client_stream_error(ds)[0] ? duet_rpc_client_stream_error(ds) : duet_status_str(status));

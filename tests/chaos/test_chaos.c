@@ -5,6 +5,8 @@
  *   decode_kill    SIGKILL the decode instance serving a stream: every stream completes with the
  *                  fault-free greedy text (the gateway re-places it with the tokens so far); the
  *                  dead instance leaves the registry within 3 s; duet up starts it again.
+ *   decode_stop    SIGTERM the decode instance serving a stream (a rolling restart): it ends its
+ *                  streams with UNAVAILABLE and every one completes elsewhere, text unchanged.
  *   decode_hang    SIGSTOP the decode instance serving a stream: the gateway gives up on it after
  *                  --decode-idle-timeout-ms and the stream completes elsewhere, text unchanged.
  *   prefill_kill   SIGKILL the prefill instance computing a long prompt: decode retries the
@@ -254,14 +256,14 @@ static void decode_fault(int sig)
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
     int n_flowing;
-    start_streams(s, &mu, &cv, &n_flowing, sig == SIGKILL ? "kill" : "hang", 8);
+    start_streams(s, &mu, &cv, &n_flowing, sig == SIGKILL ? "kill" : sig == SIGTERM ? "term" : "hang", 8);
     char victim[DUET_STATE_ID_MAX];
     CHECK_EQ_INT(serving_decode(s[0].id, victim, sizeof victim), 0);
     pid_t pid = pid_of_instance(victim);
     CHECK_MSG(pid > 0, "no pid in instance id %s", victim);
     int64_t t_fault = duet_clock_ns();
     fprintf(stderr, "  %s decode instance %s (pid %d) with every stream flowing\n",
-            sig == SIGKILL ? "killing" : "stopping", victim, (int)pid);
+            sig == SIGKILL ? "killing" : sig == SIGTERM ? "terminating" : "stopping", victim, (int)pid);
     kill(pid, sig);
 
     if (sig == SIGKILL) {
@@ -309,6 +311,7 @@ static void decode_fault(int sig)
 
 static void test_decode_kill(void) { decode_fault(SIGKILL); }
 static void test_decode_hang(void) { decode_fault(SIGSTOP); }
+static void test_decode_stop(void) { decode_fault(SIGTERM); }
 
 /* ---- a prefill fault ---------------------------------------------------------------------------- */
 
@@ -485,7 +488,7 @@ static void test_redis_restart(void)
 int main(int argc, char **argv)
 {
     if (argc != 4) {
-        fprintf(stderr, "usage: %s DUET_BINARY MODEL decode_kill|decode_hang|prefill_kill|kv_timeout|redis_restart\n",
+        fprintf(stderr, "usage: %s DUET_BINARY MODEL decode_kill|decode_stop|decode_hang|prefill_kill|kv_timeout|redis_restart\n",
                 argv[0]);
         return 2;
     }
@@ -509,6 +512,8 @@ int main(int argc, char **argv)
         RUN_TEST(test_decode_kill);
     else if (strcmp(scenario, "decode_hang") == 0)
         RUN_TEST(test_decode_hang);
+    else if (strcmp(scenario, "decode_stop") == 0)
+        RUN_TEST(test_decode_stop);
     else if (strcmp(scenario, "prefill_kill") == 0)
         RUN_TEST(test_prefill_kill);
     else if (strcmp(scenario, "kv_timeout") == 0)
