@@ -7,10 +7,10 @@
  *   bits 1-2: the context limit, one of 2048 (the default --ctx), 64, 8, 2.
  * Invariants of an accepted Generate: a request id of the allowed characters that fits the
  * registry; 1 <= prompt tokens < ctx, each below n_vocab; 1 <= max_tokens <= ctx - prompt;
- * prompt_token_ids kept as sent, a text prompt's tokens spell the text again; and the
- * DecodeRequest the gateway would send for it passes the decode service's own check (a request
- * the gateway accepts must not be refused downstream). Of an accepted Tokenize: ids below
- * n_vocab, and a text's tokens spell the text. */
+ * prompt_token_ids kept as sent, a text prompt's tokens spell the text again, a chat's spell its
+ * rendering; and the DecodeRequest the gateway would send for it passes the decode service's own
+ * check (a request the gateway accepts must not be refused downstream). Of an accepted Tokenize: ids below
+ * n_vocab, and a text's (or chat's rendering's) tokens spell it. */
 #include <ctype.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -59,6 +59,20 @@ static int bos_first(const fuzz_model_t *m)
     return duet_tokenizer_adds_bos(m->tok) && duet_tokenizer_bos(m->tok) >= 0;
 }
 
+/* A chat's tokens spell its rendering (special tokens as their text), after the BOS that is
+ * added unless the template writes its own. */
+static void check_chat(const fuzz_model_t *m, const duet_gateway_model_t *gm, Duet__V1__ChatMessage *const *msgs,
+                       size_t n_msgs, const int32_t *ids, int n, int add_bos)
+{
+    char *text = NULL, err[256];
+    FUZZ_CHECK(duet_gateway_render_messages(gm, msgs, n_msgs, &text, err, sizeof err) == DUET_OK,
+               "an accepted chat does not render: %s", err);
+    int from = add_bos && gm->chat->style != DUET_CHAT_LLAMA3 && bos_first(m) ? 1 : 0;
+    FUZZ_CHECK(n >= from, "no BOS");
+    FUZZ_CHECK(spells(m, ids, from, n, text, strlen(text)), "the chat's tokens do not spell its rendering");
+    free(text);
+}
+
 static void check_generate(const fuzz_model_t *m, const duet_gateway_model_t *gm,
                            const Duet__V1__GenerateRequest *req, const duet_gateway_request_t *r)
 {
@@ -87,6 +101,8 @@ static void check_generate(const fuzz_model_t *m, const duet_gateway_model_t *gm
             FUZZ_CHECK(r->prompt[0] == (uint32_t)duet_tokenizer_bos(m->tok), "no BOS first");
         FUZZ_CHECK(spells(m, (const int32_t *)r->prompt, from, r->n_prompt, req->prompt, strlen(req->prompt)),
                    "the prompt's tokens do not spell the prompt");
+    } else {
+        check_chat(m, gm, req->messages, req->n_messages, (const int32_t *)r->prompt, r->n_prompt, 1);
     }
     if (req->stop) {
         FUZZ_CHECK(req->stop->n_stop <= DUET_GATEWAY_STOP_MAX, "%zu stop strings", req->stop->n_stop);
@@ -133,6 +149,8 @@ static void check_tokenize(const fuzz_model_t *m, const duet_gateway_model_t *gm
         FUZZ_CHECK(n >= from, "no BOS");
         FUZZ_CHECK(spells(m, ids, from, n, req->text, strlen(req->text)),
                    "the text's tokens do not spell the text");
+    } else {
+        check_chat(m, gm, req->messages, req->n_messages, ids, n, req->add_special_tokens);
     }
 }
 
