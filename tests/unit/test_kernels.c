@@ -353,8 +353,8 @@ static void fill_act(float *x, int n, int cols)
  * dequantized weights, for 16-bit and 8-bit activations: within f32 accumulation error plus the
  * activation rounding, which is at most half a step, amax / (2 * 32639) or amax / (2 * 127), per
  * value of each block (times 1.01 for the f32 scale). The AVX-512 kernels must then give exactly
- * the reference's quantized bytes and outputs, for every tile shape (16-bit tiles of up to 4
- * tokens, 8-bit of up to 8), token count (1..9, 17, and 70, past one 64-token chunk), row tail
+ * the reference's quantized bytes and outputs, for every tile shape (tiles of up to 8 tokens),
+ * token count (1..9, 17, and 70, past one 64-token chunk), row tail
  * (rows not a multiple of 16) and group range. */
 static void test_qmatmul(void)
 {
