@@ -47,6 +47,9 @@
 
 #define IDLE_WAIT_MS       1000
 #define PEER_CLOSE_MS      1000   /* flushing a healthy peer when it is dropped */
+#define PEER_IDLE_MS       60000  /* an endpoint unused this long is dropped: its decode instance may
+                                     be gone, and with shared memory the endpoint keeps that dead
+                                     instance's pool mapped (and its touched pages resident) */
 #define ID_MAX             DUET_PREFILL_ID_MAX
 
 typedef struct {
@@ -91,6 +94,7 @@ typedef struct peer {
     bool failed;                    /* a put or flush failed: dropped after the step */
     bool touched;                   /* puts posted since the last flush */
     duet_status_t flush_status;
+    int64_t last_used_ns;           /* monotonic: last puts posted */
 } peer_t;
 
 typedef enum { PHASE_QUEUED, PHASE_ENGINE, PHASE_SENT } phase_t;
@@ -427,6 +431,7 @@ static void prepare_send(prefill_t *p, preq_t *r, int kv_filled)
     }
     r->n_src = r->n_dst;
     r->peer->touched = true;
+    r->peer->last_used_ns = duet_clock_ns();
 }
 
 static void send_failed(preq_t *r, duet_status_t st)
@@ -631,6 +636,19 @@ static void publish_load(prefill_t *p, duet_engine_load_t *el)
     duet_metric_set(p->m_queue_tokens, (double)queued);
 }
 
+/* Between steps no request holds a peer: drops those unused for PEER_IDLE_MS. */
+static void drop_idle_peers(prefill_t *p)
+{
+    int64_t now = duet_clock_ns();
+    for (peer_t *e = p->peers, *next; e; e = next) {
+        next = e->next;
+        if (e->touched || now - e->last_used_ns < (int64_t)PEER_IDLE_MS * 1000000)
+            continue;
+        duet_log_info("prefill: closing the idle connection to decode instance %s", e->decode_id);
+        peer_drop(p, e);
+    }
+}
+
 static void idle_wait(prefill_t *p, int epfd)
 {
     for (;;) {
@@ -739,6 +757,7 @@ static void *engine_main(void *arg)
         publish_load(p, &el);
         if (el.n_running > 0)
             continue;
+        drop_idle_peers(p);
         idle_wait(p, epfd);
     }
 out:
