@@ -42,6 +42,12 @@ typedef struct {
     duet_cpu_qact_fn qact, qact8;   /* 16-bit and 8-bit activations */
     duet_cpu_qgemm_fn qgemm;
     int act_bits;                   /* 16 or 8: the activations of every packed weight */
+    /* RoPE cos/sin by position (see rope_table): [rope_n][rope_rot_dim] (cos of the rot_dim / 2
+     * pairs, then sin) for angles of rope_theta; rope_cap floats allocated. */
+    float *rope_tab;
+    size_t rope_cap;
+    int rope_n, rope_rot_dim;
+    float rope_theta;
     /* Quantized activations of the current matmul, grown to the largest batch seen and then
      * reused, so a step allocates nothing. */
     void *act;
@@ -343,7 +349,14 @@ static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *
     run(be, matmul_worker, &t, parallel);
 }
 
-/* ---- rope ---- */
+/* ---- rope ----
+ * The angles depend only on the position, rot_dim and theta, so the cos/sin of each position are
+ * computed once (in double, as below) into a table the backend keeps while rot_dim and theta stay
+ * the same, rather than again in every layer: the values are the very same floats. */
+
+/* Positions the table grows to at most (2 MiB of floats at rot_dim 64); beyond, angles are computed
+ * per call. */
+#define ROPE_TABLE_MAX_POS 8192
 
 typedef struct {
     const duet_cpu_ops_t *ops;
@@ -352,29 +365,76 @@ typedef struct {
     int n, n_head, head_dim, rot_dim;
     float theta;
     int neox;
+    const float *table;   /* [pos][rot_dim]: cos of the pairs, then sin, covering every pos; or NULL */
     claim_t work;   /* tokens */
 } rope_task_t;
+
+static void rope_angles(int32_t pos, float theta, int rot_dim, float *cos_t, float *sin_t)
+{
+    /* Angles in double, once per token, shared by every head: large positions keep their
+     * precision and both ISAs rotate by the very same cos/sin. */
+    for (int j = 0; j < rot_dim / 2; j++) {
+        double freq = pow((double)theta, -2.0 * j / (double)rot_dim);
+        double angle = (double)pos * freq;
+        cos_t[j] = (float)cos(angle);
+        sin_t[j] = (float)sin(angle);
+    }
+}
 
 static void rope_worker(void *arg)
 {
     rope_task_t *t = arg;
     int half = t->rot_dim / 2;
-    float cos_t[CPU_MAX_HEAD_DIM / 2], sin_t[CPU_MAX_HEAD_DIM / 2];
+    float cos_buf[CPU_MAX_HEAD_DIM / 2], sin_buf[CPU_MAX_HEAD_DIM / 2];
     int b, e;
     while (claim_next(&t->work, &b, &e))
         for (int i = b; i < e; i++) {
-            /* Angles in double, once per token, shared by every head: large positions keep their
-             * precision and both ISAs rotate by the very same cos/sin. */
-            for (int j = 0; j < half; j++) {
-                double freq = pow((double)t->theta, -2.0 * j / (double)t->rot_dim);
-                double angle = (double)t->pos[i] * freq;
-                cos_t[j] = (float)cos(angle);
-                sin_t[j] = (float)sin(angle);
+            const float *cos_t = cos_buf, *sin_t = sin_buf;
+            if (t->table) {
+                cos_t = t->table + (size_t)t->pos[i] * 2 * (size_t)half;
+                sin_t = cos_t + half;
+            } else {
+                rope_angles(t->pos[i], t->theta, t->rot_dim, cos_buf, sin_buf);
             }
             for (int h = 0; h < t->n_head; h++)
                 t->ops->rope_row(t->x + ((size_t)i * t->n_head + h) * t->head_dim, cos_t, sin_t, half,
                                  t->neox);
         }
+}
+
+/* The table covering positions 0 .. max_pos for rot_dim and theta, or NULL when a position is out
+ * of its range or memory is short (the caller then computes the angles itself). */
+static const float *rope_table(cpu_backend_t *cpu, const int32_t *pos, int n, int rot_dim, float theta)
+{
+    int max_pos = -1;
+    for (int i = 0; i < n; i++) {
+        if (pos[i] < 0 || pos[i] >= ROPE_TABLE_MAX_POS)
+            return NULL;
+        max_pos = pos[i] > max_pos ? pos[i] : max_pos;
+    }
+    if (cpu->rope_rot_dim != rot_dim || memcmp(&cpu->rope_theta, &theta, sizeof theta) != 0)
+        cpu->rope_n = 0;  /* other angles: start again */
+    if (max_pos >= cpu->rope_n) {
+        int want = max_pos + 1 > 2 * cpu->rope_n ? max_pos + 1 : 2 * cpu->rope_n;
+        want = want < 256 ? 256 : want > ROPE_TABLE_MAX_POS ? ROPE_TABLE_MAX_POS : want;
+        size_t floats = (size_t)want * (size_t)rot_dim;
+        if (floats > cpu->rope_cap) {
+            float *tab = realloc(cpu->rope_tab, floats * sizeof *tab);
+            if (!tab)
+                return NULL;
+            cpu->rope_tab = tab;
+            cpu->rope_cap = floats;
+        }
+        int half = rot_dim / 2;
+        for (int p = cpu->rope_n; p < want; p++) {
+            float *row = cpu->rope_tab + (size_t)p * (size_t)rot_dim;
+            rope_angles(p, theta, rot_dim, row, row + half);
+        }
+        cpu->rope_n = want;
+        cpu->rope_rot_dim = rot_dim;
+        cpu->rope_theta = theta;
+    }
+    return cpu->rope_tab;
 }
 
 static void cpu_rope(duet_backend_t *be, float *x, const int32_t *pos, int n, int n_head,
@@ -384,8 +444,9 @@ static void cpu_rope(duet_backend_t *be, float *x, const int32_t *pos, int n, in
         fill_nan(x, (size_t)n * (size_t)n_head * (size_t)head_dim);
         return;
     }
-    rope_task_t t = {ops_of(be), x, pos, n, n_head, head_dim, min_int(rot_dim, head_dim), theta,
-                     neox, {0}};
+    rot_dim = min_int(rot_dim, head_dim);
+    rope_task_t t = {ops_of(be), x, pos, n, n_head, head_dim, rot_dim, theta, neox,
+                     rope_table((cpu_backend_t *)be, pos, n, rot_dim, theta), {0}};
     claim_init(be, &t.work, n, 1);
     run(be, rope_worker, &t, n >= 4);
 }
@@ -511,7 +572,7 @@ static void attn_unit(const attn_task_t *t, int s, int tok0, int ntok, int kvh, 
                 float mx = -INFINITY;
                 for (int j = 0; j < lim; j++) {
                     p[j] *= t->scale;
-                    mx = fmaxf(mx, p[j]);
+                    mx = p[j] > mx ? p[j] : mx;  /* fmaxf was a library call; same for non-NaN */
                 }
                 if (mx > m[r]) {
                     if (m[r] != -INFINITY) {
@@ -674,6 +735,7 @@ static void cpu_destroy(duet_backend_t *be)
     cpu_backend_t *cpu = (cpu_backend_t *)be;
     duet_cpu_pool_destroy(cpu->pool);
     free(cpu->act);
+    free(cpu->rope_tab);
     free(cpu);
 }
 
