@@ -56,6 +56,8 @@
 #define RELEASE_ASK_MS     500   /* between Prefill.Release calls for quarantined blocks */
 #define RELEASE_TIMEOUT_MS 1000
 #define PREFILL_TRIES_MAX  4     /* prefill instances one request tries at most */
+#define KEEPALIVE_MS       1000  /* an empty message on a stream silent this long (queued, prefilling),
+                                    so the gateway can tell a waiting request from a hung instance */
 #define REDIS_TIMEOUT_MS   500
 #define REDIS_RETRY_NS     (1000LL * 1000000)
 
@@ -134,6 +136,7 @@ typedef struct dreq {
     int64_t kv_bytes;               /* moved into our pool for this request */
     int n_sent;                     /* tokens streamed by this attempt */
     int64_t t_arrival_ns;           /* monotonic: when the handler took it */
+    int64_t last_write_ns;          /* monotonic: last message on the stream (or arrival) */
     bool stopped;                   /* a stop token ended it */
     bool client_gone;
 } dreq_t;
@@ -239,6 +242,7 @@ typedef struct decode {
     dreq_t *live_head, *live_tail;
     dreq_t *fifo_head, *fifo_tail;
     int n_helpers;
+    int64_t next_keepalive_ns;
 
     /* Metrics (registered in start, updated by the engine thread). */
     duet_metric_t *m_blocks_free, *m_batch, *m_queue, *m_kv_bytes;
@@ -411,6 +415,7 @@ static int sink_token(void *user, int32_t token)
         r->client_gone = true;
         return 1;
     }
+    r->last_write_ns = duet_clock_ns();
     r->n_sent++;
     for (int i = 0; i < r->n_stop; i++)
         if (r->stop_ids[i] == t) {
@@ -990,6 +995,23 @@ static void drain(decode_t *d, bool *stopping)
     }
 }
 
+/* An empty message on every stream silent for KEEPALIVE_MS: a request waiting for blocks or for
+ * its prefill is alive, and the gateway's idle watchdog must see that. */
+static void keepalive(decode_t *d)
+{
+    int64_t now = duet_clock_ns();
+    if (now < d->next_keepalive_ns)
+        return;
+    d->next_keepalive_ns = now + (int64_t)KEEPALIVE_MS * 1000000 / 4;
+    for (dreq_t *r = d->live_head; r; r = r->next) {
+        if (!r->stream || r->client_gone || now - r->last_write_ns < (int64_t)KEEPALIVE_MS * 1000000)
+            continue;
+        Duet__V1__DecodeResponse msg = DUET__V1__DECODE_RESPONSE__INIT;
+        if (duet_rpc_stream_write(r->stream, &msg.base) == DUET_OK)
+            r->last_write_ns = now;
+    }
+}
+
 /* Some stream was cancelled (or the server is stopping): end every request whose stream is. */
 static void scan_cancels(decode_t *d)
 {
@@ -1148,6 +1170,7 @@ static void *engine_main(void *arg)
             break;   /* every stream is finished by now: the server is gone */
         if (d->quarantine)
             quarantine_tick(d, false);
+        keepalive(d);
         admit_waiting(d);
         while (duet_kvx_progress(d->kvx))
             ;
@@ -1193,7 +1216,7 @@ static void generate(duet_rpc_stream_t *stream, const ProtobufCMessage *msg, voi
         return;
     }
     r->serial = atomic_fetch_add(&d->next_serial, 1);
-    r->t_arrival_ns = duet_clock_ns();
+    r->t_arrival_ns = r->last_write_ns = duet_clock_ns();
     r->stream = stream;
     snprintf(r->id, sizeof r->id, "%s", q->request_id);
     r->attempt = q->attempt;

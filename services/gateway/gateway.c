@@ -78,7 +78,7 @@ static const duet_conf_opt_t gw_opts[] = {
     OPT("max-streams", "DUET_MAX_STREAMS", DUET_CONF_INT, max_streams, "256", "concurrent Generate/Complete calls; more get RESOURCE_EXHAUSTED"),
     OPT("redis-timeout-ms", "DUET_REDIS_TIMEOUT_MS", DUET_CONF_INT, redis_timeout_ms, "500", "timeout of one Redis command"),
     OPT("max-retries", "DUET_MAX_RETRIES", DUET_CONF_INT, max_retries, "2", "times a request moves to another decode instance when its own becomes unreachable"),
-    OPT("decode-idle-timeout-ms", "DUET_DECODE_IDLE_TIMEOUT_MS", DUET_CONF_INT, decode_idle_timeout_ms, "30000", "a decode stream that sends nothing this long (queueing and prefill included) counts as a hung instance: the request moves to another one"),
+    OPT("decode-idle-timeout-ms", "DUET_DECODE_IDLE_TIMEOUT_MS", DUET_CONF_INT, decode_idle_timeout_ms, "10000", "a decode stream that sends nothing this long counts as a hung instance and the request moves to another one (decode sends a keepalive every second while a request waits)"),
     OPT("max-prompt-tokens", "DUET_MAX_PROMPT_TOKENS", DUET_CONF_INT, max_prompt_tokens, "0", "longest prompt accepted, in tokens after tokenization (RESOURCE_EXHAUSTED beyond); 0: only the context limit"),
     OPT("max-queued", "DUET_MAX_QUEUED", DUET_CONF_INT, max_queued, "0", "accepted requests still waiting for their first token; more get RESOURCE_EXHAUSTED; 0: no limit"),
     OPT("busy-retry-ms", "DUET_BUSY_RETRY_MS", DUET_CONF_INT, busy_retry_ms, "1000", "retry-after-ms hint sent when --max-streams or --max-queued is reached"),
@@ -318,8 +318,12 @@ static duet_status_t record_create(gw_t *gw, const slot_t *s, int own_id, char *
     }
     if (status == DUET_ERR_INVALID)
         snprintf(err, err_cap, "request_id: \"%s\" is already in use", s->id);
-    else if (status != DUET_OK)
-        snprintf(err, err_cap, "gateway: Redis unavailable (%s)", st ? duet_state_last_error(st) : "cannot connect");
+    else if (status != DUET_OK) {
+        /* The detail (a socket path, a host) is for the operator, not the client. */
+        duet_log_warn("gateway: request %s: Redis unavailable: %s", s->id,
+                      st ? duet_state_last_error(st) : "cannot connect");
+        snprintf(err, err_cap, "gateway: Redis unavailable");
+    }
     pthread_mutex_unlock(&gw->store_mu);
     return status == DUET_ERR_INVALID ? DUET_ERR_INVALID : status == DUET_OK ? DUET_OK : DUET_ERR_UNAVAILABLE;
 }
