@@ -1303,9 +1303,11 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
         return DUET_ERR_INVALID;
     }
     if (c->max_seqs < 32 || c->threads < 1 || c->ctx < 16 || c->max_batch_tokens < c->max_seqs ||
-        c->kv_blocks < 0 || c->prefill_timeout_ms < 1) {
+        c->kv_blocks < 0 || c->prefill_timeout_ms < 1 || c->prefill_retries < 0 ||
+        c->prefill_retries > PREFILL_TRIES_MAX - 1 || c->quarantine_max_ms < 1) {
         duet_log_error("decode: need --max-seqs >= 32, --threads >= 1, --ctx >= 16, "
-                       "--max-batch-tokens >= --max-seqs, --kv-blocks >= 0, --prefill-timeout-ms >= 1");
+                       "--max-batch-tokens >= --max-seqs, --kv-blocks >= 0, --prefill-timeout-ms >= 1, "
+                       "--prefill-retries in 0..%d, --quarantine-max-ms >= 1", PREFILL_TRIES_MAX - 1);
         return DUET_ERR_INVALID;
     }
     decode_t *d = calloc(1, sizeof *d);
