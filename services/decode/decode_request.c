@@ -7,21 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../sampling_params.h"
 #include "state.h"
-
-/* Proto sampling → engine sampling; zero values mean "off". */
-static void sampling_from_proto(const Duet__V1__SamplingParams *p, duet_sampling_t *s)
-{
-    duet_sampling_defaults(s);
-    if (!p)
-        return;
-    s->temperature = p->temperature;
-    s->top_k = p->top_k;
-    s->top_p = p->top_p == 0.0f ? 1.0f : p->top_p;
-    s->min_p = p->min_p;
-    s->repeat_penalty = p->repetition_penalty == 0.0f ? 1.0f : p->repetition_penalty;
-    s->seed = p->seed;
-}
 
 static duet_status_t validate(const Duet__V1__DecodeRequest *q, int n_vocab, int n_ctx, int max_tokens,
                               char *err, size_t cap)
@@ -91,7 +78,7 @@ duet_status_t duet_decode_request_check(const Duet__V1__DecodeRequest *q, int n_
     if (st != DUET_OK)
         return st;
     duet_sampling_t s;
-    sampling_from_proto(q->sampling, &s);
+    duet_sampling_from_proto(q->sampling, &s);
     if ((st = duet_sampling_validate(&s, err, cap)) != DUET_OK)
         return st;
     *max_tokens_p = max_tokens;

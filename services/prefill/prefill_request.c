@@ -7,20 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../sampling_params.h"
 #include "kvcache.h"
-
-static void sampling_from_proto(const Duet__V1__SamplingParams *sp, duet_sampling_t *s)
-{
-    duet_sampling_defaults(s);
-    if (!sp)
-        return;
-    s->temperature = sp->temperature;
-    s->top_k = sp->top_k;
-    s->top_p = sp->top_p == 0.0f ? 1.0f : sp->top_p;
-    s->min_p = sp->min_p;
-    s->repeat_penalty = sp->repetition_penalty == 0.0f ? 1.0f : sp->repetition_penalty;
-    s->seed = sp->seed;
-}
 
 static duet_status_t validate(const Duet__V1__PrefillRequest *q, const duet_prefill_limits_t *lim,
                               char *err, size_t cap)
@@ -108,7 +96,7 @@ duet_status_t duet_prefill_request_check(const Duet__V1__PrefillRequest *q, cons
     if (st != DUET_OK)
         return st;
     duet_sampling_t s;
-    sampling_from_proto(q->sampling, &s);
+    duet_sampling_from_proto(q->sampling, &s);
     if ((st = duet_sampling_validate(&s, err, cap)) != DUET_OK)
         return st;
     *sampling_p = s;
