@@ -102,8 +102,10 @@ void duet_chat_template_cleanup(duet_chat_template_t *tpl)
 }
 
 typedef struct {
-    char *buf;   /* NULL while measuring */
+    char *buf;                 /* NULL while measuring */
     size_t n;
+    duet_chat_span_t *spans;   /* NULL while measuring */
+    int n_spans;
 } out_t;
 
 static void put(out_t *o, const char *s, size_t n)
@@ -123,15 +125,24 @@ static int is_ws(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
+/* A message's content, remembered as a span. */
+static void put_content(out_t *o, const char *s, size_t n)
+{
+    if (o->spans)
+        o->spans[o->n_spans] = (duet_chat_span_t){o->n, o->n + n};
+    o->n_spans++;
+    put(o, s, n);
+}
+
 /* Jinja's trim: whitespace off both ends. */
-static void put_trimmed(out_t *o, const char *s)
+static void put_content_trimmed(out_t *o, const char *s)
 {
     size_t a = 0, b = strlen(s);
     while (a < b && is_ws(s[a]))
         a++;
     while (b > a && is_ws(s[b - 1]))
         b--;
-    put(o, s + a, b - a);
+    put_content(o, s + a, b - a);
 }
 
 /* ChatML as SmolLM2's template writes it: content is not trimmed, and the default system turn
@@ -148,7 +159,7 @@ static void render_chatml(const duet_chat_template_t *tpl, const duet_chat_msg_t
         puts_(o, "<|im_start|>");
         puts_(o, msgs[i].role);
         puts_(o, "\n");
-        puts_(o, msgs[i].content ? msgs[i].content : "");
+        put_content(o, msgs[i].content ? msgs[i].content : "", msgs[i].content ? strlen(msgs[i].content) : 0);
         puts_(o, CHATML_END "\n");
     }
     if (add_generation_prompt)
@@ -164,7 +175,7 @@ static void render_llama3(const duet_chat_msg_t *msgs, int n, int add_generation
         puts_(o, "<|start_header_id|>");
         puts_(o, msgs[i].role);
         puts_(o, "<|end_header_id|>\n\n");
-        put_trimmed(o, msgs[i].content ? msgs[i].content : "");
+        put_content_trimmed(o, msgs[i].content ? msgs[i].content : "");
         puts_(o, "<|eot_id|>");
     }
     if (add_generation_prompt)
@@ -180,8 +191,9 @@ static void render(const duet_chat_template_t *tpl, const duet_chat_msg_t *msgs,
         render_llama3(msgs, n, add_generation_prompt, o);
 }
 
-duet_status_t duet_chat_render(const duet_chat_template_t *tpl, const duet_chat_msg_t *msgs, int n,
-                               int add_generation_prompt, char **text_p)
+duet_status_t duet_chat_render_spans(const duet_chat_template_t *tpl, const duet_chat_msg_t *msgs, int n,
+                                     int add_generation_prompt, char **text_p, duet_chat_span_t **spans_p,
+                                     int *n_spans_p)
 {
     if (tpl->style != DUET_CHAT_CHATML && tpl->style != DUET_CHAT_LLAMA3)
         return DUET_ERR_UNSUPPORTED;
@@ -191,15 +203,28 @@ duet_status_t duet_chat_render(const duet_chat_template_t *tpl, const duet_chat_
         if (!msgs[i].role)
             return DUET_ERR_INVALID;
     /* Two passes: measure, then write, so the prompt is one exact allocation. */
-    out_t o = { NULL, 0 };
+    out_t o = {NULL, 0, NULL, 0};
     render(tpl, msgs, n, add_generation_prompt, &o);
     char *buf = malloc(o.n + 1);
-    if (!buf)
+    duet_chat_span_t *spans = spans_p && o.n_spans ? malloc((size_t)o.n_spans * sizeof *spans) : NULL;
+    if (!buf || (spans_p && o.n_spans && !spans)) {
+        free(buf);
+        free(spans);
         return DUET_ERR_NOMEM;
-    o.buf = buf;
-    o.n = 0;
+    }
+    o = (out_t){buf, 0, spans, 0};
     render(tpl, msgs, n, add_generation_prompt, &o);
     buf[o.n] = 0;
     *text_p = buf;
+    if (spans_p) {
+        *spans_p = spans;
+        *n_spans_p = o.n_spans;
+    }
     return DUET_OK;
+}
+
+duet_status_t duet_chat_render(const duet_chat_template_t *tpl, const duet_chat_msg_t *msgs, int n,
+                               int add_generation_prompt, char **text_p)
+{
+    return duet_chat_render_spans(tpl, msgs, n, add_generation_prompt, text_p, NULL, NULL);
 }

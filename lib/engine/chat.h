@@ -31,4 +31,17 @@ void          duet_chat_template_cleanup(duet_chat_template_t *tpl);
 duet_status_t duet_chat_render(const duet_chat_template_t *tpl, const duet_chat_msg_t *msgs, int n,
                                int add_generation_prompt, char **text_p);
 
+/* A byte range [start, end) of a rendered prompt that is a message's content. */
+typedef struct {
+    size_t start, end;
+} duet_chat_span_t;
+
+/* Like duet_chat_render, and lists where each message's content landed (*spans_p malloc'd, in
+ * text order, *n_spans_p of them, NULL/0 when there are none). Contents are to be tokenized as
+ * plain text: special-token text inside a message must not become a control token (a user could
+ * otherwise close their turn and open a system one). */
+duet_status_t duet_chat_render_spans(const duet_chat_template_t *tpl, const duet_chat_msg_t *msgs, int n,
+                                     int add_generation_prompt, char **text_p, duet_chat_span_t **spans_p,
+                                     int *n_spans_p);
+
 #endif

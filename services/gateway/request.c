@@ -63,8 +63,9 @@ static duet_status_t check_roles(Duet__V1__ChatMessage *const *msgs, size_t n, c
     return DUET_OK;
 }
 
-duet_status_t duet_gateway_render_messages(const duet_gateway_model_t *m, Duet__V1__ChatMessage *const *msgs,
-                                           size_t n, char **text_p, char *err, size_t cap)
+/* Renders msgs into *text_p, with the spans of their contents when spans_p is set. */
+static duet_status_t render(const duet_gateway_model_t *m, Duet__V1__ChatMessage *const *msgs, size_t n,
+                            char **text_p, duet_chat_span_t **spans_p, int *n_spans_p, char *err, size_t cap)
 {
     if (check_roles(msgs, n, err, cap) != DUET_OK)
         return DUET_ERR_INVALID;
@@ -79,11 +80,64 @@ duet_status_t duet_gateway_render_messages(const duet_gateway_model_t *m, Duet__
     }
     for (size_t i = 0; i < n; i++)
         cm[i] = (duet_chat_msg_t){str_or_empty(msgs[i]->role), str_or_empty(msgs[i]->content)};
-    duet_status_t status = duet_chat_render(m->chat, cm, (int)n, 1, text_p);
+    duet_status_t status = duet_chat_render_spans(m->chat, cm, (int)n, 1, text_p, spans_p, n_spans_p);
     free(cm);
+    if (status == DUET_ERR_NOMEM) {
+        snprintf(err, cap, "gateway: out of memory");
+        return DUET_ERR_NOMEM;
+    }
     if (status != DUET_OK)
         snprintf(err, cap, "messages: cannot render the chat: %s", duet_status_str(status));
     return status == DUET_OK ? DUET_OK : DUET_ERR_INVALID;
+}
+
+duet_status_t duet_gateway_render_messages(const duet_gateway_model_t *m, Duet__V1__ChatMessage *const *msgs,
+                                           size_t n, char **text_p, char *err, size_t cap)
+{
+    return render(m, msgs, n, text_p, NULL, NULL, err, cap);
+}
+
+/* Tokenizes a chat: the template's text with its special tokens, each message's content as plain
+ * text, so "<|im_end|>" typed by a user stays characters and cannot end their turn. A BOS first
+ * unless the template writes its own. Returns the encoder's status (EXHAUSTED: *n_p is what the
+ * whole chat would need); err is set for INVALID/NOMEM from rendering only. */
+static duet_status_t encode_chat(const duet_gateway_model_t *m, Duet__V1__ChatMessage *const *msgs, size_t n,
+                                 int add_bos, int32_t *tokens, int max, int *n_p, char *err, size_t cap)
+{
+    char *text = NULL;
+    duet_chat_span_t *spans = NULL;
+    int n_spans = 0;
+    duet_status_t status = render(m, msgs, n, &text, &spans, &n_spans, err, cap);
+    if (status != DUET_OK)
+        return status;
+    add_bos = add_bos && m->chat->style != DUET_CHAT_LLAMA3;
+    size_t len = strlen(text), pos = 0;
+    int total = 0;
+    duet_status_t worst = DUET_OK;
+    for (int k = 0; k <= n_spans && (worst == DUET_OK || worst == DUET_ERR_EXHAUSTED); k++) {
+        /* The template's text before span k (or after the last), then span k itself. */
+        size_t tpl_end = k < n_spans ? spans[k].start : len;
+        for (int part = 0; part < 2; part++) {
+            size_t a = part == 0 ? pos : tpl_end, b = part == 0 ? tpl_end : (k < n_spans ? spans[k].end : len);
+            if (b <= a && !(add_bos && total == 0 && part == 0))
+                continue;
+            int got = 0, room = max - total > 0 ? max - total : 0;
+            status = duet_tokenizer_encode(m->tok, text + a, b - a, add_bos && total == 0 && part == 0,
+                                           part == 0, room ? tokens + total : NULL, room, &got);
+            if (status != DUET_OK && status != DUET_ERR_EXHAUSTED) {
+                worst = status;
+                break;
+            }
+            if (status == DUET_ERR_EXHAUSTED)
+                worst = DUET_ERR_EXHAUSTED;
+            total += got;
+        }
+        pos = k < n_spans ? spans[k].end : len;
+    }
+    free(text);
+    free(spans);
+    *n_p = total;
+    return worst;
 }
 
 duet_status_t duet_gateway_request_prepare(const duet_gateway_model_t *m, const Duet__V1__GenerateRequest *req,
@@ -184,15 +238,11 @@ duet_status_t duet_gateway_request_prepare(const duet_gateway_model_t *m, const 
         }
     } else if (req->n_messages) {
         field = "messages";
-        char *text = NULL;
-        if ((status = duet_gateway_render_messages(m, req->messages, req->n_messages, &text, err, cap)) != DUET_OK) {
+        status = encode_chat(m, req->messages, req->n_messages, 1, tokens, m->ctx, &n, err, cap);
+        if (status == DUET_ERR_INVALID || status == DUET_ERR_NOMEM) {
             free(tokens);
             return status;
         }
-        /* A Llama-3 rendering starts with <|begin_of_text|> already: no second BOS. */
-        int add_bos = m->chat->style != DUET_CHAT_LLAMA3;
-        status = duet_tokenizer_encode(m->tok, text, strlen(text), add_bos, 1, tokens, m->ctx, &n);
-        free(text);
     } else {
         status = duet_tokenizer_encode(m->tok, prompt, strlen(prompt), 1, 0, tokens, m->ctx, &n);
     }
@@ -234,19 +284,11 @@ duet_status_t duet_gateway_tokenize(const duet_gateway_model_t *m, const Duet__V
                                     int32_t **tokens_p, int *n_p, char *err, size_t cap)
 {
     const char *text = str_or_empty(req->text);
-    char *rendered = NULL;
-    int add_bos = req->add_special_tokens, parse_special = 0;
+    int add_bos = req->add_special_tokens;
     duet_status_t status;
     if (text[0] && req->n_messages) {
         snprintf(err, cap, "text: set only one of text and messages");
         return DUET_ERR_INVALID;
-    }
-    if (req->n_messages) {
-        if ((status = duet_gateway_render_messages(m, req->messages, req->n_messages, &rendered, err, cap)) != DUET_OK)
-            return status;
-        text = rendered;
-        parse_special = 1;   /* as Generate tokenizes a chat */
-        add_bos = add_bos && m->chat->style != DUET_CHAT_LLAMA3;
     }
     size_t len = strlen(text);
     int max = 1024, n = 0;
@@ -258,12 +300,19 @@ duet_status_t duet_gateway_tokenize(const duet_gateway_model_t *m, const Duet__V
             status = DUET_ERR_NOMEM;
             break;
         }
-        status = duet_tokenizer_encode(m->tok, text, len, add_bos, parse_special, tokens, max, &n);
+        if (req->n_messages) {   /* as Generate tokenizes a chat */
+            status = encode_chat(m, req->messages, req->n_messages, add_bos, tokens, max, &n, err, cap);
+            if (status == DUET_ERR_INVALID || status == DUET_ERR_NOMEM) {
+                free(tokens);
+                return status;
+            }
+        } else {
+            status = duet_tokenizer_encode(m->tok, text, len, add_bos, 0, tokens, max, &n);
+        }
         if (status != DUET_ERR_EXHAUSTED)
             break;
         max = n;
     }
-    free(rendered);
     if (status != DUET_OK) {
         free(tokens);
         snprintf(err, cap, "text: cannot be tokenized: %s", duet_status_str(status));
