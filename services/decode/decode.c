@@ -30,15 +30,12 @@
  * answers (dead, or cut off) has its blocks back after --quarantine-max-ms, logged as unproven. */
 #include "decode.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -47,6 +44,7 @@
 #include "duet/v1/decode.pb-c.h"
 #include "duet/v1/prefill.pb-c.h"
 #include "engine.h"
+#include "engine_thread.h"
 #include "kvx.h"
 #include "log.h"
 #include "model.h"
@@ -189,15 +187,8 @@ typedef struct rjob {
     duet_status_t status;
 } rjob_t;
 
+/* Kinds of duet_cmd_t; arg: a dreq_t (NEW), a pjob_t (PREFILL_DONE), an rjob_t (RELEASE_DONE). */
 typedef enum { CMD_NEW, CMD_PREFILL_DONE, CMD_RELEASE_DONE, CMD_DRAIN, CMD_STOP } cmd_kind_t;
-
-typedef struct cmd {
-    struct cmd *next;
-    cmd_kind_t kind;
-    dreq_t *req;     /* CMD_NEW */
-    pjob_t *job;     /* CMD_PREFILL_DONE */
-    rjob_t *rjob;    /* CMD_RELEASE_DONE */
-} cmd_t;
 
 typedef struct decode {
     duet_service_t *svc;
@@ -212,26 +203,21 @@ typedef struct decode {
     size_t kv_token_bytes;
     atomic_uint_fast64_t next_serial;
 
-    /* Command queue: any thread pushes, the engine thread drains. */
+    duet_engine_thread_t *thread;   /* owns the engine, the UCX worker and the pool */
     pthread_mutex_t mu;
-    cmd_t *cmd_head, *cmd_tail;
-    int efd;                        /* eventfd: wakes the engine thread */
+    pthread_cond_t drained_cv;
     atomic_int cancel_check;        /* a stream was cancelled: look at them all */
     atomic_int stopping;            /* stop() began: new calls are refused */
 
     /* Published by the engine thread at start (immutable afterwards) and for load(). */
-    pthread_t engine_thread;
-    pthread_cond_t init_cv;
-    int init_done;
-    duet_status_t init_status;
-    int drained;                    /* CMD_DRAIN done (under mu, signalled on init_cv) */
+    int drained;                    /* CMD_DRAIN done (under mu, signalled on drained_cv) */
     uint8_t *ucx_addr, *rkey;
     size_t ucx_addr_len, rkey_len;
     uint64_t pool_base;
     uint64_t pool_bytes;
     duet_state_load_t load;         /* under mu */
 
-    /* Engine thread only. */
+    /* Engine thread only (the first three are the thread's, kept here for brevity). */
     duet_kvx_t *kvx;
     duet_kvx_pool_t *pool;
     duet_engine_t *engine;
@@ -239,6 +225,7 @@ typedef struct decode {
     int64_t store_retry_ns;
     bool redis_down;
     bool draining;                  /* CMD_DRAIN seen: new requests are refused */
+    bool stop_seen;                 /* CMD_STOP seen: the thread ends once no helper is out */
     dreq_t *live_head, *live_tail;
     dreq_t *fifo_head, *fifo_tail;
     int n_helpers;
@@ -253,24 +240,15 @@ typedef struct decode {
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static void wake(decode_t *d)
+/* Queues a command that must not be lost (a helper's result: the blocks depend on it). */
+static void push_result(decode_t *d, cmd_kind_t kind, void *arg)
 {
-    uint64_t one = 1;
-    ssize_t n = write(d->efd, &one, sizeof one);
-    (void)n;   /* EAGAIN: the counter is already non-zero, the thread will wake anyway */
-}
-
-static void push_cmd(decode_t *d, cmd_t *c)
-{
-    c->next = NULL;
-    pthread_mutex_lock(&d->mu);
-    if (d->cmd_tail)
-        d->cmd_tail->next = c;
-    else
-        d->cmd_head = c;
-    d->cmd_tail = c;
-    pthread_mutex_unlock(&d->mu);
-    wake(d);
+    duet_cmd_t *c;
+    while (!(c = calloc(1, sizeof *c)))
+        usleep(1000);
+    c->kind = kind;
+    c->arg = arg;
+    duet_engine_thread_push(d->thread, c);
 }
 
 static void dreq_free(dreq_t *r)
@@ -342,6 +320,8 @@ static void req_move(decode_t *d, dreq_t *r, duet_req_state_t to, const duet_sta
         d->redis_down = true;
         return;
     }
+    if (to == DUET_REQ_CANCELLED && found == DUET_REQ_DONE)
+        return;   /* the gateway ended it first (a stop string): the cancel that follows is expected */
     if (!r->redis_warned)
         duet_log_warn("decode: request %s: record not moved to %s: %s (it is %s)", r->id,
                       duet_state_req_state_name(to), duet_status_str(st),
@@ -549,13 +529,7 @@ static void *prefill_call_main(void *arg)
         j->kv_bytes = pr->kv_bytes;
         protobuf_c_message_free_unpacked(resp, NULL);
     }
-    /* The engine thread waits for this result (the blocks depend on it): never drop it. */
-    cmd_t *c;
-    while (!(c = calloc(1, sizeof *c)))
-        usleep(1000);
-    c->kind = CMD_PREFILL_DONE;
-    c->job = j;
-    push_cmd(d, c);
+    push_result(d, CMD_PREFILL_DONE, j);
     return NULL;
 }
 
@@ -694,12 +668,7 @@ static void *release_call_main(void *arg)
         j->idle = ((const Duet__V1__ReleaseResponse *)resp)->idle;
         protobuf_c_message_free_unpacked(resp, NULL);
     }
-    cmd_t *c;
-    while (!(c = calloc(1, sizeof *c)))
-        usleep(1000);
-    c->kind = CMD_RELEASE_DONE;
-    c->rjob = j;
-    push_cmd(d, c);
+    push_result(d, CMD_RELEASE_DONE, j);
     return NULL;
 }
 
@@ -957,42 +926,32 @@ static void drain_streams(decode_t *d)
     }
     pthread_mutex_lock(&d->mu);
     d->drained = 1;
-    pthread_cond_broadcast(&d->init_cv);
+    pthread_cond_broadcast(&d->drained_cv);
     pthread_mutex_unlock(&d->mu);
 }
 
-static void drain(decode_t *d, bool *stopping)
+static void on_command(void *user, duet_cmd_t *c)
 {
-    uint64_t v;
-    ssize_t n = read(d->efd, &v, sizeof v);
-    (void)n;
-    pthread_mutex_lock(&d->mu);
-    cmd_t *c = d->cmd_head;
-    d->cmd_head = d->cmd_tail = NULL;
-    pthread_mutex_unlock(&d->mu);
-    while (c) {
-        cmd_t *next = c->next;
-        switch (c->kind) {
-        case CMD_NEW:
-            new_request(d, c->req, *stopping || d->draining);
-            break;
-        case CMD_PREFILL_DONE:
-            prefill_done(d, c->job);
-            break;
-        case CMD_RELEASE_DONE:
-            release_done(d, c->rjob);
-            break;
-        case CMD_DRAIN:
-            d->draining = true;   /* the loop goes on until CMD_STOP: the server still runs */
-            drain_streams(d);
-            break;
-        case CMD_STOP:
-            *stopping = true;
-            break;
-        }
-        free(c);
-        c = next;
+    decode_t *d = user;
+    switch ((cmd_kind_t)c->kind) {
+    case CMD_NEW:
+        new_request(d, c->arg, d->stop_seen || d->draining);
+        break;
+    case CMD_PREFILL_DONE:
+        prefill_done(d, c->arg);
+        break;
+    case CMD_RELEASE_DONE:
+        release_done(d, c->arg);
+        break;
+    case CMD_DRAIN:
+        d->draining = true;   /* the thread goes on until CMD_STOP: the server still runs */
+        drain_streams(d);
+        break;
+    case CMD_STOP:
+        d->stop_seen = true;
+        break;
     }
+    free(c);
 }
 
 /* An empty message on every stream silent for KEEPALIVE_MS: a request waiting for blocks or for
@@ -1051,47 +1010,13 @@ static void publish_load(decode_t *d, duet_engine_load_t *el)
     duet_metric_set(d->m_batch, el->n_running);
 }
 
-/* Sleeps until a command, UCX work or the timeout. The worker is progressed until idle and armed
- * first, as UCX asks, so no event is missed. */
-static void idle_wait(decode_t *d, int epfd)
+/* On the engine thread once it has the engine: what peers need to reach the pool. */
+static duet_status_t on_start(void *user, duet_engine_thread_t *t)
 {
-    for (;;) {
-        while (duet_kvx_progress(d->kvx))
-            ;
-        bool armed = false;
-        if (duet_kvx_arm(d->kvx, &armed) != DUET_OK || armed)
-            break;
-    }
-    struct epoll_event ev[4];
-    int n = epoll_wait(epfd, ev, 4, IDLE_WAIT_MS);
-    (void)n;
-}
-
-static duet_status_t engine_init(decode_t *d)
-{
-    const decode_conf_t *c = d->conf;
-    duet_status_t st;
-    duet_kvx_conf_t kc = {.err_mode = d->err_mode, .name = "duet-decode"};
-    if ((st = duet_kvx_create(&kc, &d->kvx)) != DUET_OK) {
-        duet_log_error("decode: cannot start UCX: %s", duet_status_str(st));
-        return st;
-    }
-    duet_engine_conf_t ec = {
-        .n_ctx = d->n_ctx,
-        .n_blocks = d->n_blocks,
-        .max_batch_tokens = c->max_batch_tokens,
-        .max_seqs = c->max_seqs,
-    };
-    size_t bytes = duet_engine_pool_bytes(d->model, &ec);
-    if ((st = duet_kvx_pool_create(d->kvx, bytes, &d->pool)) != DUET_OK) {
-        duet_log_error("decode: cannot allocate a %zu-byte KV pool with UCX: %s", bytes, duet_status_str(st));
-        return st;
-    }
-    ec.pool_memory = duet_kvx_pool_base(d->pool);
-    if ((st = duet_engine_create(d->model, &ec, &d->engine)) != DUET_OK) {
-        duet_log_error("decode: cannot create the engine: %s", duet_status_str(st));
-        return st;
-    }
+    decode_t *d = user;
+    d->kvx = duet_engine_thread_kvx(t);
+    d->pool = duet_engine_thread_pool(t);
+    d->engine = duet_engine_thread_engine(t);
     const void *addr, *rkey;
     size_t addr_len, rkey_len;
     duet_kvx_worker_address(d->kvx, &addr, &addr_len);
@@ -1108,86 +1033,48 @@ static duet_status_t engine_init(decode_t *d)
     d->pool_bytes = duet_kvx_pool_size(d->pool);
     d->n_ctx = duet_engine_n_ctx(d->engine);
     store_get(d);
+    duet_engine_load_t el;
+    publish_load(d, &el);
     duet_log_info("decode: %s, ctx %d, %d KV blocks (%.1f MiB, %zu bytes/token), max %d seqs, role %s",
-                  d->model->name, d->n_ctx, d->n_blocks, bytes / 1048576.0, d->kv_token_bytes,
-                  c->max_seqs, duet_state_role_name(d->role));
+                  d->model->name, d->n_ctx, d->n_blocks, duet_engine_thread_pool_bytes(t) / 1048576.0,
+                  d->kv_token_bytes, d->conf->max_seqs, duet_state_role_name(d->role));
     return DUET_OK;
 }
 
-/* Undoes engine_init, in reverse. Every request still held ends first. */
-static void engine_teardown(decode_t *d)
+static int on_iteration(void *user)
 {
+    decode_t *d = user;
+    if (atomic_exchange(&d->cancel_check, 0))
+        scan_cancels(d);
+    if (d->stop_seen && d->n_helpers == 0)
+        return -1;   /* every stream is finished by now: the server is gone */
+    if (d->quarantine)
+        quarantine_tick(d, false);
+    keepalive(d);
+    admit_waiting(d);
+    while (duet_kvx_progress(d->kvx))
+        ;
+    int held = duet_engine_step(d->engine);
+    if (held < 0)
+        duet_log_error("decode: engine step failed: %s", duet_status_str((duet_status_t)held));
+    admit_waiting(d);   /* blocks freed by requests that just ended */
+    duet_engine_load_t el;
+    publish_load(d, &el);
+    return el.n_running > 0;   /* more batch work: no sleep */
+}
+
+/* Before the engine goes (and finishes the requests it holds through their sinks): the ones
+ * waiting for blocks end here, quarantined blocks come back. */
+static void on_stop(void *user)
+{
+    decode_t *d = user;
     while (d->fifo_head) {
         dreq_t *r = d->fifo_head;
         d->fifo_head = r->fifo_next;
         end_unsubmitted(d, r, DUET_ERR_UNAVAILABLE, "decode instance stopping");
     }
     d->fifo_tail = NULL;
-    if (d->engine) {
-        quarantine_tick(d, true);
-        duet_engine_destroy(d->engine);   /* finishes the rest through sink_finish */
-    }
-    if (d->pool)
-        duet_kvx_pool_destroy(d->pool);
-    if (d->kvx)
-        duet_kvx_destroy(d->kvx);
-    if (d->store)
-        duet_state_close(d->store);
-}
-
-static void *engine_main(void *arg)
-{
-    decode_t *d = arg;
-    duet_status_t st = engine_init(d);
-    int epfd = -1;
-    duet_engine_load_t el;
-    if (st == DUET_OK) {
-        epfd = epoll_create1(EPOLL_CLOEXEC);
-        struct epoll_event e1 = {.events = EPOLLIN, .data.fd = d->efd};
-        struct epoll_event e2 = {.events = EPOLLIN, .data.fd = duet_kvx_event_fd(d->kvx)};
-        if (epfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, d->efd, &e1) != 0 ||
-            epoll_ctl(epfd, EPOLL_CTL_ADD, e2.data.fd, &e2) != 0) {
-            duet_log_error("decode: epoll: %s", strerror(errno));
-            st = DUET_ERR_IO;
-        }
-    }
-    if (st == DUET_OK)
-        publish_load(d, &el);
-    pthread_mutex_lock(&d->mu);
-    d->init_status = st;
-    d->init_done = 1;
-    pthread_cond_signal(&d->init_cv);
-    pthread_mutex_unlock(&d->mu);
-    if (st != DUET_OK)
-        goto out;
-
-    bool stopping = false;
-    for (;;) {
-        drain(d, &stopping);
-        if (atomic_exchange(&d->cancel_check, 0))
-            scan_cancels(d);
-        if (stopping && d->n_helpers == 0)
-            break;   /* every stream is finished by now: the server is gone */
-        if (d->quarantine)
-            quarantine_tick(d, false);
-        keepalive(d);
-        admit_waiting(d);
-        while (duet_kvx_progress(d->kvx))
-            ;
-        int held = duet_engine_step(d->engine);
-        if (held < 0)
-            duet_log_error("decode: engine step failed: %s", duet_status_str((duet_status_t)held));
-        admit_waiting(d);   /* blocks freed by requests that just ended */
-        publish_load(d, &el);
-        if (el.n_running > 0)
-            continue;   /* more batch work: no sleep */
-        idle_wait(d, epfd);
-    }
-out:
-    if (epfd >= 0)
-        close(epfd);
-    engine_teardown(d);
-    return NULL;
+    quarantine_tick(d, true);
 }
 
 /* ---- the Generate handler (completion-queue threads) -------------------------------------- */
@@ -1196,7 +1083,7 @@ static void on_stream_cancel(void *arg)
 {
     decode_t *d = arg;
     atomic_store(&d->cancel_check, 1);
-    wake(d);
+    duet_engine_thread_wake(d->thread);
 }
 
 static void generate(duet_rpc_stream_t *stream, const ProtobufCMessage *msg, void *arg)
@@ -1208,7 +1095,7 @@ static void generate(duet_rpc_stream_t *stream, const ProtobufCMessage *msg, voi
         return;
     }
     dreq_t *r = calloc(1, sizeof *r);
-    cmd_t *c = calloc(1, sizeof *c);
+    duet_cmd_t *c = calloc(1, sizeof *c);
     if (!r || !c) {
         free(r);
         free(c);
@@ -1257,8 +1144,8 @@ static void generate(duet_rpc_stream_t *stream, const ProtobufCMessage *msg, voi
      * stream. Its argument is the service, which outlives every call. */
     duet_rpc_stream_on_cancel(stream, on_stream_cancel, d);
     c->kind = CMD_NEW;
-    c->req = r;
-    push_cmd(d, c);
+    c->arg = r;
+    duet_engine_thread_push(d->thread, c);
 }
 
 /* ---- the service definition --------------------------------------------------------------- */
@@ -1271,9 +1158,9 @@ static void decode_free(decode_t *d)
         duet_model_free(d->model);
     if (d->be)
         d->be->destroy(d->be);
-    if (d->efd >= 0)
-        close(d->efd);
-    pthread_cond_destroy(&d->init_cv);
+    if (d->store)
+        duet_state_close(d->store);   /* the engine thread's, which has ended */
+    pthread_cond_destroy(&d->drained_cv);
     pthread_mutex_destroy(&d->mu);
     free(d->ucx_addr);
     free(d->rkey);
@@ -1326,10 +1213,9 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
     duet_metrics_outcomes_init(&d->outcomes, m);
     d->role = role;
     d->err_mode = err_mode;
-    d->efd = -1;
     atomic_init(&d->next_serial, 1);
     pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->init_cv, NULL);
+    pthread_cond_init(&d->drained_cv, NULL);
     duet_status_t st;
     char path_buf[4096], err[512] = "";
     const char *path = duet_model_resolve_path(c->model, path_buf, sizeof path_buf);
@@ -1354,26 +1240,21 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
         duet_log_error("decode: cannot create the gRPC client: %s", duet_status_str(st));
         goto err_free;
     }
-    d->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (d->efd < 0) {
-        duet_log_error("decode: eventfd: %s", strerror(errno));
-        st = DUET_ERR_IO;
+    duet_engine_thread_conf_t tc = {
+        .name = "decode",
+        .model = d->model,
+        .engine = {.n_ctx = d->n_ctx, .n_blocks = d->n_blocks, .max_batch_tokens = c->max_batch_tokens,
+                   .max_seqs = c->max_seqs},
+        .err_mode = err_mode,
+        .idle_ms = IDLE_WAIT_MS,
+        .user = d,
+        .on_start = on_start,
+        .on_command = on_command,
+        .on_iteration = on_iteration,
+        .on_stop = on_stop,
+    };
+    if ((st = duet_engine_thread_start(&tc, &d->thread)) != DUET_OK)
         goto err_free;
-    }
-    if (pthread_create(&d->engine_thread, NULL, engine_main, d) != 0) {
-        duet_log_error("decode: cannot start the engine thread");
-        st = DUET_ERR_NOMEM;
-        goto err_free;
-    }
-    pthread_mutex_lock(&d->mu);
-    while (!d->init_done)
-        pthread_cond_wait(&d->init_cv, &d->mu);
-    st = d->init_status;
-    pthread_mutex_unlock(&d->mu);
-    if (st != DUET_OK) {
-        pthread_join(d->engine_thread, NULL);
-        goto err_free;
-    }
     duet_service_set_role(svc, role);
     d->methods[0] = (duet_rpc_method_t){
         .path = "/duet.v1.Decode/Generate",
@@ -1412,38 +1293,39 @@ static void decode_load(void *state, duet_state_load_t *load)
     pthread_mutex_unlock(&d->mu);
 }
 
-/* The server has stopped and every stream is finished: the engine thread waits for prefill calls
- * still out, then tears down the engine, pool and kvx. */
+/* SIGTERM, the server still running: every stream ends with UNAVAILABLE (drain_streams). */
 static void decode_drain(void *state)
 {
     decode_t *d = state;
     atomic_store(&d->stopping, 1);   /* the handler refuses new calls from now on */
-    cmd_t *c = calloc(1, sizeof *c);
+    duet_cmd_t *c = calloc(1, sizeof *c);
     if (!c)
         return;   /* the server's shutdown cancels the streams instead */
     c->kind = CMD_DRAIN;
-    push_cmd(d, c);
+    duet_engine_thread_push(d->thread, c);
     pthread_mutex_lock(&d->mu);
     while (!d->drained)
-        pthread_cond_wait(&d->init_cv, &d->mu);
+        pthread_cond_wait(&d->drained_cv, &d->mu);
     pthread_mutex_unlock(&d->mu);
     duet_log_info("decode: every stream ended with UNAVAILABLE for its gateway to place it again");
 }
 
+/* The server has stopped and every stream is finished: the engine thread waits for prefill calls
+ * still out, then the engine, pool and UCX worker go. */
 static void decode_stop(void *state)
 {
     decode_t *d = state;
     if (!d)
         return;
     atomic_store(&d->stopping, 1);
-    cmd_t *c = calloc(1, sizeof *c);
+    duet_cmd_t *c = calloc(1, sizeof *c);
     if (!c) {
         duet_log_error("decode: out of memory while stopping; the engine thread is left running");
         return;
     }
     c->kind = CMD_STOP;
-    push_cmd(d, c);
-    pthread_join(d->engine_thread, NULL);
+    duet_engine_thread_push(d->thread, c);
+    duet_engine_thread_join(d->thread);
     decode_free(d);
 }
 

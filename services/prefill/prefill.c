@@ -24,21 +24,19 @@
  * forward pass (DESIGN.md §1) are the next step. */
 #include "prefill.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "clock.h"
 #include "cpu/cpu_backend.h"
 #include "duet/v1/prefill.pb-c.h"
 #include "engine.h"
+#include "engine_thread.h"
 #include "fence.h"
 #include "kvx.h"
 #include "log.h"
@@ -130,13 +128,7 @@ typedef struct preq {
     bool prepared;                  /* peer and source blocks taken for the send */
 } preq_t;
 
-typedef enum { CMD_NEW, CMD_STOP } cmd_kind_t;
-
-typedef struct cmd {
-    struct cmd *next;
-    cmd_kind_t kind;
-    preq_t *req;
-} cmd_t;
+typedef enum { CMD_NEW, CMD_STOP } cmd_kind_t;   /* kinds of duet_cmd_t; CMD_NEW's arg: a preq_t */
 
 typedef struct prefill {
     const prefill_conf_t *conf;
@@ -148,19 +140,13 @@ typedef struct prefill {
     duet_fence_t *fence;            /* calls that may still write, and released ones */
 
     pthread_mutex_t mu;
-    cmd_t *cmd_head, *cmd_tail;
-    int efd;
+    duet_engine_thread_t *thread;   /* owns the engine, the UCX worker and the pool */
     atomic_int cancel_check;
     atomic_int stopping;
     int64_t queued_tokens;          /* in the command queue, under mu */
     duet_state_load_t load;         /* under mu */
 
-    pthread_t engine_thread;
-    pthread_cond_t init_cv;
-    int init_done;
-    duet_status_t init_status;
-
-    /* Engine thread only. */
+    /* Engine thread only (the first three are the thread's, kept here for brevity). */
     duet_kvx_t *kvx;
     duet_kvx_pool_t *pool;
     duet_engine_t *engine;
@@ -168,6 +154,7 @@ typedef struct prefill {
     preq_t *live_head, *live_tail;
     int n_sent;                     /* requests waiting for the flush */
     bool by_layer;                  /* --kv-send layer */
+    bool stop_seen;                 /* CMD_STOP arrived */
 
     /* Metrics (registered in start, updated by the engine thread). */
     duet_metric_t *m_transfer, *m_kv_bytes, *m_queue_tokens, *m_queue;
@@ -176,25 +163,13 @@ typedef struct prefill {
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static void wake(prefill_t *p)
+/* Queues a command for the engine thread; tokens: prompt tokens it brings (the load report). */
+static void push_cmd(prefill_t *p, duet_cmd_t *c, int64_t tokens)
 {
-    uint64_t one = 1;
-    ssize_t n = write(p->efd, &one, sizeof one);
-    (void)n;   /* EAGAIN: already signalled */
-}
-
-static void push_cmd(prefill_t *p, cmd_t *c, int64_t tokens)
-{
-    c->next = NULL;
     pthread_mutex_lock(&p->mu);
-    if (p->cmd_tail)
-        p->cmd_tail->next = c;
-    else
-        p->cmd_head = c;
-    p->cmd_tail = c;
     p->queued_tokens += tokens;
     pthread_mutex_unlock(&p->mu);
-    wake(p);
+    duet_engine_thread_push(p->thread, c);
 }
 
 /* Frees a call once nothing it issued can still land in the decode pool. */
@@ -594,25 +569,19 @@ static void new_request(prefill_t *p, preq_t *r, bool stopping)
     }
 }
 
-static void drain(prefill_t *p, bool *stopping)
+static void on_command(void *user, duet_cmd_t *c)
 {
-    uint64_t v;
-    ssize_t n = read(p->efd, &v, sizeof v);
-    (void)n;
-    pthread_mutex_lock(&p->mu);
-    cmd_t *c = p->cmd_head;
-    p->cmd_head = p->cmd_tail = NULL;
-    p->queued_tokens = 0;
-    pthread_mutex_unlock(&p->mu);
-    while (c) {
-        cmd_t *next = c->next;
-        if (c->kind == CMD_NEW)
-            new_request(p, c->req, *stopping);
-        else
-            *stopping = true;
-        free(c);
-        c = next;
+    prefill_t *p = user;
+    if (c->kind == CMD_NEW) {
+        preq_t *r = c->arg;
+        pthread_mutex_lock(&p->mu);
+        p->queued_tokens -= r->n_tokens;
+        pthread_mutex_unlock(&p->mu);
+        new_request(p, r, p->stop_seen);
+    } else {
+        p->stop_seen = true;
     }
+    free(c);
 }
 
 static void scan_cancels(prefill_t *p)
@@ -649,122 +618,61 @@ static void drop_idle_peers(prefill_t *p)
     }
 }
 
-static void idle_wait(prefill_t *p, int epfd)
+/* On the engine thread once it has the engine: the layer hook, and a first load report. */
+static duet_status_t on_start(void *user, duet_engine_thread_t *t)
 {
-    for (;;) {
-        while (duet_kvx_progress(p->kvx))
-            ;
-        bool armed = false;
-        if (duet_kvx_arm(p->kvx, &armed) != DUET_OK || armed)
-            break;
-    }
-    struct epoll_event ev[4];
-    int n = epoll_wait(epfd, ev, 4, IDLE_WAIT_MS);
-    (void)n;
-}
-
-static duet_status_t engine_init(prefill_t *p)
-{
-    const prefill_conf_t *c = p->conf;
-    duet_status_t st;
-    duet_kvx_conf_t kc = {.err_mode = p->err_mode, .name = "duet-prefill"};
-    if ((st = duet_kvx_create(&kc, &p->kvx)) != DUET_OK) {
-        duet_log_error("prefill: cannot start UCX: %s", duet_status_str(st));
-        return st;
-    }
-    duet_engine_conf_t ec = {
-        .n_ctx = p->n_ctx,
-        .n_blocks = p->n_blocks,
-        .max_batch_tokens = c->max_batch_tokens,
-        .max_seqs = 64,
-    };
-    /* The local pool is allocated by UCX too, so puts from it need no registration per call. */
-    size_t bytes = duet_engine_pool_bytes(p->model, &ec);
-    if ((st = duet_kvx_pool_create(p->kvx, bytes, &p->pool)) != DUET_OK) {
-        duet_log_error("prefill: cannot allocate a %zu-byte KV pool with UCX: %s", bytes, duet_status_str(st));
-        return st;
-    }
-    ec.pool_memory = duet_kvx_pool_base(p->pool);
-    if ((st = duet_engine_create(p->model, &ec, &p->engine)) != DUET_OK) {
-        duet_log_error("prefill: cannot create the engine: %s", duet_status_str(st));
-        return st;
-    }
+    prefill_t *p = user;
+    p->kvx = duet_engine_thread_kvx(t);
+    p->pool = duet_engine_thread_pool(t);
+    p->engine = duet_engine_thread_engine(t);
     if (p->by_layer)
         duet_engine_set_layer_hook(p->engine, on_layer, p);
     p->n_ctx = duet_engine_n_ctx(p->engine);
+    duet_engine_load_t el;
+    publish_load(p, &el);
     duet_log_info("prefill: %s, ctx %d, %d KV blocks (%.1f MiB), %d tokens per step", p->model->name,
-                  p->n_ctx, p->n_blocks, bytes / 1048576.0, c->max_batch_tokens);
+                  p->n_ctx, p->n_blocks, duet_engine_thread_pool_bytes(t) / 1048576.0, p->conf->max_batch_tokens);
     return DUET_OK;
 }
 
-/* Undoes engine_init, in reverse; every call still held is answered first. */
-static void engine_teardown(prefill_t *p)
+static int on_iteration(void *user)
 {
-    if (p->engine)
-        duet_engine_destroy(p->engine);   /* ends what is left through sink_finish */
+    prefill_t *p = user;
+    if (atomic_exchange(&p->cancel_check, 0))
+        scan_cancels(p);
+    if (p->stop_seen)
+        return -1;
+    while (duet_kvx_progress(p->kvx))
+        ;
+    int held = duet_engine_step(p->engine);
+    if (held < 0)
+        duet_log_error("prefill: engine step failed: %s", duet_status_str((duet_status_t)held));
+    if (p->n_sent)
+        flush_sent(p);
+    duet_engine_load_t el;
+    publish_load(p, &el);
+    if (el.n_running > 0)
+        return 1;
+    drop_idle_peers(p);
+    return 0;
+}
+
+/* Every call still held is answered before the engine goes: those computing end through their
+ * sinks, those sent are flushed, the rest are refused. */
+static void on_stop(void *user)
+{
+    prefill_t *p = user;
+    for (preq_t *r = p->live_head, *next; r; r = next) {
+        next = r->next;
+        if (r->seq)
+            duet_engine_cancel(p->engine, r->seq);   /* answers and frees r through sink_finish */
+    }
     if (p->n_sent)
         flush_sent(p);
     while (p->peers)
         peer_drop(p, p->peers);
     while (p->live_head)
         end_error(p, p->live_head, DUET_ERR_UNAVAILABLE, "prefill instance stopping");
-    if (p->pool)
-        duet_kvx_pool_destroy(p->pool);
-    if (p->kvx)
-        duet_kvx_destroy(p->kvx);
-}
-
-static void *engine_main(void *arg)
-{
-    prefill_t *p = arg;
-    duet_status_t st = engine_init(p);
-    int epfd = -1;
-    duet_engine_load_t el;
-    if (st == DUET_OK) {
-        epfd = epoll_create1(EPOLL_CLOEXEC);
-        struct epoll_event e1 = {.events = EPOLLIN, .data.fd = p->efd};
-        struct epoll_event e2 = {.events = EPOLLIN, .data.fd = duet_kvx_event_fd(p->kvx)};
-        if (epfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, p->efd, &e1) != 0 ||
-            epoll_ctl(epfd, EPOLL_CTL_ADD, e2.data.fd, &e2) != 0) {
-            duet_log_error("prefill: epoll: %s", strerror(errno));
-            st = DUET_ERR_IO;
-        }
-    }
-    if (st == DUET_OK)
-        publish_load(p, &el);
-    pthread_mutex_lock(&p->mu);
-    p->init_status = st;
-    p->init_done = 1;
-    pthread_cond_signal(&p->init_cv);
-    pthread_mutex_unlock(&p->mu);
-    if (st != DUET_OK)
-        goto out;
-
-    bool stopping = false;
-    for (;;) {
-        drain(p, &stopping);
-        if (atomic_exchange(&p->cancel_check, 0))
-            scan_cancels(p);
-        if (stopping)
-            break;
-        while (duet_kvx_progress(p->kvx))
-            ;
-        int held = duet_engine_step(p->engine);
-        if (held < 0)
-            duet_log_error("prefill: engine step failed: %s", duet_status_str((duet_status_t)held));
-        if (p->n_sent)
-            flush_sent(p);
-        publish_load(p, &el);
-        if (el.n_running > 0)
-            continue;
-        drop_idle_peers(p);
-        idle_wait(p, epfd);
-    }
-out:
-    if (epfd >= 0)
-        close(epfd);
-    engine_teardown(p);
-    return NULL;
 }
 
 /* ---- the Prefill handler (completion-queue threads) --------------------------------------- */
@@ -773,7 +681,7 @@ static void on_call_cancel(void *arg)
 {
     prefill_t *p = arg;
     atomic_store(&p->cancel_check, 1);
-    wake(p);
+    duet_engine_thread_wake(p->thread);
 }
 
 static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage *msg, void *arg)
@@ -798,7 +706,7 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
     }
     const Duet__V1__KvTarget *t = q->kv_target;
     preq_t *r = calloc(1, sizeof *r);
-    cmd_t *c = calloc(1, sizeof *c);
+    duet_cmd_t *c = calloc(1, sizeof *c);
     if (r) {
         r->tokens = malloc(q->n_token_ids * sizeof *r->tokens);
         r->dst = malloc(t->n_block_ids * sizeof *r->dst);
@@ -841,7 +749,7 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
     duet_rpc_call_defer(call);
     duet_rpc_stream_on_cancel(call, on_call_cancel, p);   /* its argument outlives every call */
     c->kind = CMD_NEW;
-    c->req = r;
+    c->arg = r;
     push_cmd(p, c, r->n_tokens);
     return DUET_OK;
 }
@@ -869,9 +777,6 @@ static void prefill_free(prefill_t *p)
         duet_model_free(p->model);
     if (p->be)
         p->be->destroy(p->be);
-    if (p->efd >= 0)
-        close(p->efd);
-    pthread_cond_destroy(&p->init_cv);
     pthread_mutex_destroy(&p->mu);
     duet_fence_destroy(p->fence);
     free(p);
@@ -910,7 +815,6 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
         return DUET_ERR_NOMEM;
     }
     p->by_layer = strcmp(c->kv_send, "layer") == 0;
-    p->efd = -1;
     duet_metrics_t *m = duet_service_metrics(svc);
     p->m_transfer = duet_metrics_histogram(m, "duet_kv_transfer_seconds",
                                            "KV transfer time not hidden by compute: last chunk to proven flush.",
@@ -921,7 +825,6 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
                                         duet_metrics_latency_buckets, duet_metrics_n_latency_buckets);
     duet_metrics_outcomes_init(&p->outcomes, m);
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->init_cv, NULL);
     duet_status_t st;
     char path_buf[4096], err[512] = "";
     const char *path = duet_model_resolve_path(c->model, path_buf, sizeof path_buf);
@@ -940,26 +843,21 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
     p->n_blocks = c->kv_blocks > 0 ? c->kv_blocks : 4 * duet_kv_blocks_for(p->n_ctx);
     if (p->n_blocks < duet_kv_blocks_for(p->n_ctx))
         p->n_blocks = duet_kv_blocks_for(p->n_ctx);
-    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (p->efd < 0) {
-        duet_log_error("prefill: eventfd: %s", strerror(errno));
-        st = DUET_ERR_IO;
+    duet_engine_thread_conf_t tc = {
+        .name = "prefill",
+        .model = p->model,
+        .engine = {.n_ctx = p->n_ctx, .n_blocks = p->n_blocks, .max_batch_tokens = c->max_batch_tokens,
+                   .max_seqs = 64},
+        .err_mode = err_mode,
+        .idle_ms = IDLE_WAIT_MS,
+        .user = p,
+        .on_start = on_start,
+        .on_command = on_command,
+        .on_iteration = on_iteration,
+        .on_stop = on_stop,
+    };
+    if ((st = duet_engine_thread_start(&tc, &p->thread)) != DUET_OK)
         goto err_free;
-    }
-    if (pthread_create(&p->engine_thread, NULL, engine_main, p) != 0) {
-        duet_log_error("prefill: cannot start the engine thread");
-        st = DUET_ERR_NOMEM;
-        goto err_free;
-    }
-    pthread_mutex_lock(&p->mu);
-    while (!p->init_done)
-        pthread_cond_wait(&p->init_cv, &p->mu);
-    st = p->init_status;
-    pthread_mutex_unlock(&p->mu);
-    if (st != DUET_OK) {
-        pthread_join(p->engine_thread, NULL);
-        goto err_free;
-    }
     p->methods[0] = (duet_rpc_method_t){
         .path = "/duet.v1.Prefill/Prefill",
         .kind = DUET_RPC_UNARY,
@@ -1006,14 +904,14 @@ static void prefill_stop(void *state)
     if (!p)
         return;
     atomic_store(&p->stopping, 1);
-    cmd_t *c = calloc(1, sizeof *c);
+    duet_cmd_t *c = calloc(1, sizeof *c);
     if (!c) {
         duet_log_error("prefill: out of memory while stopping; the engine thread is left running");
         return;
     }
     c->kind = CMD_STOP;
     push_cmd(p, c, 0);
-    pthread_join(p->engine_thread, NULL);
+    duet_engine_thread_join(p->thread);
     prefill_free(p);
 }
 
