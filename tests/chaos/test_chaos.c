@@ -504,7 +504,9 @@ int main(int argc, char **argv)
      * environment duet up passes on. */
     /* kv_timeout: the stopped instance's call times out; the retry must fit in the same limit. */
     setenv("DUET_PREFILL_TIMEOUT_MS", strcmp(scenario, "kv_timeout") == 0 ? "6000" : "30000", 1);
-    setenv("DUET_DECODE_IDLE_TIMEOUT_MS", "3000", 1);
+    /* decode_hang: the stopped instance is noticed this fast; elsewhere the default, so that a
+     * loaded machine's slow keepalives are not taken for a hung instance. */
+    setenv("DUET_DECODE_IDLE_TIMEOUT_MS", strcmp(scenario, "decode_hang") == 0 ? "3000" : "10000", 1);
     /* A killed prefill instance can never prove it stopped writing: its blocks come back after
      * the longest hold. A stopped one that continues proves it, long before that hold ends. */
     setenv("DUET_QUARANTINE_MAX_MS", strcmp(scenario, "kv_timeout") == 0 ? "120000" : "8000", 1);
