@@ -18,4 +18,16 @@ pid_t mesh_start(const char *duet_bin, const char *model, int port, const char *
  * killed, else the wait status. */
 int mesh_stop(pid_t pid);
 
+/* Sends the AddressSanitizer, LeakSanitizer and UndefinedBehaviorSanitizer reports of every
+ * process this test starts from now on (duet up, each service, duet generate, duet-load) to files
+ * RUN_DIR/sanitizer.report.<program>.<pid> instead of their stderr, which duet up sends to the service
+ * logs where nothing would read it. Keeps what ASAN_OPTIONS, LSAN_OPTIONS and UBSAN_OPTIONS
+ * already say (ctest sets the LSan suppressions). Call it before starting anything; harmless in
+ * a build without sanitizers. */
+void mesh_sanitizer_setup(const char *run_dir);
+
+/* Prints every sanitizer report file in run_dir to stderr and returns how many there are; call
+ * it after the mesh has stopped (LeakSanitizer reports when a process exits). */
+int mesh_sanitizer_reports(const char *run_dir);
+
 #endif

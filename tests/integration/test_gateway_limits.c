@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include "duet/v1/gateway.pb-c.h"
 #include "duet/v1/scheduler.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "mesh_harness.h"
 #include "rpc.h"
 #include "tls_certs.h"
 
@@ -415,6 +417,10 @@ int main(int argc, char **argv)
     gateway_bin = argv[1];
     model = argv[2];
     signal(SIGPIPE, SIG_IGN);
+    char reports[64];   /* the gateways' sanitizer reports, if any */
+    snprintf(reports, sizeof reports, "/tmp/duet-gwlim-%d.d", (int)getpid());
+    mkdir(reports, 0755);
+    mesh_sanitizer_setup(reports);
     snprintf(redis_sock, sizeof redis_sock, "/tmp/duet-gwlim-%d.sock", (int)getpid());
     char *rargv[] = { "redis-server", "--port", "0", "--unixsocket", redis_sock, "--save", "",
                       "--appendonly", "no", NULL };
@@ -445,5 +451,8 @@ int main(int argc, char **argv)
     duet_rpc_client_destroy(client);
     stop(redis_pid);
     unlink(redis_sock);
+    int n = mesh_sanitizer_reports(reports);
+    CHECK_MSG(n == 0, "%d sanitizer report%s (above) in %s", n, n == 1 ? "" : "s", reports);
+    rmdir(reports);   /* kept when it holds reports */
     return check_report();
 }

@@ -271,6 +271,13 @@ static void test_load_timings_match_redis(void)
     CHECK_MSG(med_e >= -5 && med_e <= MEDIAN_HIGH_MS, "median E2E difference %+.1f ms", med_e);
 }
 
+/* Every process the test started left no AddressSanitizer, LeakSanitizer or UBSan report. */
+static void test_no_sanitizer_reports(void)
+{
+    int n = mesh_sanitizer_reports(run_dir);
+    CHECK_MSG(n == 0, "%d sanitizer report%s (above) from the processes in %s", n, n == 1 ? "" : "s", run_dir);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -284,6 +291,7 @@ int main(int argc, char **argv)
     unsetenv("DUET_API_KEYS");
     snprintf(run_dir, sizeof run_dir, "/tmp/duet-test-load-timing-%d", (int)getpid());
     mkdir(run_dir, 0755);
+    mesh_sanitizer_setup(run_dir);
     snprintf(redis_url, sizeof redis_url, "unix://%s/redis.sock", run_dir);
     snprintf(out_json, sizeof out_json, "%s/requests.json", run_dir);
     snprintf(gateway, sizeof gateway, "127.0.0.1:%d", mesh_free_port());
@@ -291,6 +299,7 @@ int main(int argc, char **argv)
     if (start_mesh(atoi(strchr(gateway, ':') + 1)) != 0) {
         fprintf(stderr, "duet up did not come up; logs are in %s\n", run_dir);
         stop_mesh();
+        mesh_sanitizer_reports(run_dir);
         return 1;
     }
     if (duet_state_connect(redis_url, 2000, &store) != DUET_OK) {
@@ -302,6 +311,7 @@ int main(int argc, char **argv)
         RUN_TEST(test_load_timings_match_redis);
     duet_state_close(store);
     stop_mesh();
+    RUN_TEST(test_no_sanitizer_reports);
     if (check_failures)
         fprintf(stderr, "service logs, duet-load's output and %s are in %s\n", out_json, run_dir);
     return check_report();

@@ -612,6 +612,13 @@ static void test_no_decode_is_unavailable(void)
     }
 }
 
+/* Every process the test started left no AddressSanitizer, LeakSanitizer or UBSan report. */
+static void test_no_sanitizer_reports(void)
+{
+    int n = mesh_sanitizer_reports(run_dir);
+    CHECK_MSG(n == 0, "%d sanitizer report%s (above) from the processes in %s", n, n == 1 ? "" : "s", run_dir);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -625,6 +632,7 @@ int main(int argc, char **argv)
     setenv("DUET_API_KEYS", API_KEY, 1);
     snprintf(run_dir, sizeof run_dir, "/tmp/duet-test-mesh-%s-%d", mode, (int)getpid());
     mkdir(run_dir, 0755);
+    mesh_sanitizer_setup(run_dir);
     snprintf(redis_url, sizeof redis_url, "unix://%s/redis.sock", run_dir);
     int port = mesh_free_port();
     snprintf(gateway, sizeof gateway, "127.0.0.1:%d", port);
@@ -632,6 +640,7 @@ int main(int argc, char **argv)
 
     if (strcmp(mode, "nodecode") == 0) {
         RUN_TEST(test_no_decode_is_unavailable);
+        RUN_TEST(test_no_sanitizer_reports);
         duet_rpc_client_destroy(client);
         return check_report();
     }
@@ -663,6 +672,7 @@ int main(int argc, char **argv)
     if (start_mesh(port) != 0) {
         fprintf(stderr, "duet up did not come up; logs are in %s\n", run_dir);
         stop_mesh();
+        mesh_sanitizer_reports(run_dir);
         return 1;
     }
     if (duet_state_connect(redis_url, 2000, &store) != DUET_OK) {
@@ -679,6 +689,7 @@ int main(int argc, char **argv)
     RUN_TEST(test_metrics_second_scrape);
     duet_state_close(store);
     stop_mesh();
+    RUN_TEST(test_no_sanitizer_reports);
     duet_rpc_client_destroy(client);
     for (int i = 0; i < N_PROMPTS; i++)
         free(expected[i]);
