@@ -192,16 +192,20 @@ static void print_log_tail(const proc_t *p)
         fputs(lines[i % 8], stderr);
 }
 
-/* Stops the processes in reverse order of start (the gateway first, Redis last). */
-static void stop_all(mesh_t *m)
+/* Stops the processes in reverse order of start (the gateway first, Redis last). Returns how
+ * many did not exit cleanly (killed after 10 s, or a non-zero status): a sanitizer's report or a
+ * leak check lost to SIGKILL must not look like a clean stop. */
+static int stop_all(mesh_t *m)
 {
+    int unclean = 0;
     for (int i = m->n_procs - 1; i >= 0; i--) {
         proc_t *p = &m->procs[i];
         if (p->pid <= 0)
             continue;
+        kill(p->pid, SIGCONT);   /* a stopped process cannot act on SIGTERM */
         kill(p->pid, SIGTERM);
         int64_t until = duet_clock_ns() + 10 * 1000000000ll;
-        int status;
+        int status = 0;
         while (waitpid(p->pid, &status, WNOHANG) == 0) {
             if (duet_clock_ns() > until) {
                 fprintf(stderr, "duet up: %s did not stop in 10 s; killing it\n", p->name);
@@ -211,8 +215,14 @@ static void stop_all(mesh_t *m)
             }
             usleep(10000);
         }
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "duet up: %s ended with %s %d\n", p->name, WIFEXITED(status) ? "status" : "signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+            unclean++;
+        }
         p->pid = 0;
     }
+    return unclean;
 }
 
 /* A process that has exited, or NULL. */
@@ -495,7 +505,8 @@ int duet_cmd_up(int argc, char **argv)
             break;
     }
 out:
-    stop_all(m);
+    if (stop_all(m) > 0 && rc == 0)
+        rc = 1;
     if (m->made_run_dir && rc == 0) {
         for (int i = 0; i < m->n_procs; i++) {
             unlink(m->procs[i].log);

@@ -702,7 +702,13 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
                 r->text.p[safe] = '\0';
             finish = DUET__V1__FINISH_REASON__FINISH_REASON_STOP;
             cut_by_stop = 1;
-            duet_rpc_client_stream_cancel(ds);   /* decode sees a cancel and ends its record */
+            /* The request is done: say so in its record before the cancel, which decode would
+             * otherwise record as CANCELLED (it refuses to once the record has ended). */
+            duet_state_req_update_t up = DUET_STATE_REQ_UPDATE_INIT;
+            up.generated_tokens = r->n_generated;
+            up.finish_reason = "stop";
+            record_move(gw, s->id, DUET_REQ_DECODING, DUET_REQ_DONE, &up, NULL);
+            duet_rpc_client_stream_cancel(ds);
             break;
         }
         if (finish != DUET__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED)

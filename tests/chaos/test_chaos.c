@@ -498,6 +498,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     snprintf(run_dir, sizeof run_dir, "/tmp/duet-test-chaos-%s-%d", scenario, (int)getpid());
     mkdir(run_dir, 0755);
+    mesh_sanitizer_setup(run_dir);   /* in a sanitizer build, every process's report lands here */
     snprintf(redis_url, sizeof redis_url, "unix://%s/redis.sock", run_dir);
     CHECK_EQ_INT(duet_rpc_client_create(&client), DUET_OK);
     /* Short fault timeouts so each scenario ends in seconds; the services read them from the
@@ -529,5 +530,7 @@ int main(int argc, char **argv)
     duet_rpc_client_destroy(client);
     if (up_pid > 0 && store)
         stop_mesh();
+    int n = mesh_sanitizer_reports(run_dir);
+    CHECK_MSG(n == 0, "%d sanitizer report%s (above) from the processes in %s", n, n == 1 ? "" : "s", run_dir);
     return check_report();
 }

@@ -24,6 +24,11 @@ void gateway_generate(duet_rpc_client_t *client, const char *address, gateway_ca
     }
     stop.max_tokens = (uint32_t)c->max_tokens;
     stop.ignore_eos = c->ignore_eos;
+    char *stops[1] = {(char *)c->stop};
+    if (c->stop) {
+        stop.n_stop = 1;
+        stop.stop = stops;
+    }
     req.prompt = (char *)c->prompt;
     req.request_id = (char *)(c->request_id ? c->request_id : "");
     req.sampling = &sp;
@@ -37,6 +42,7 @@ void gateway_generate(duet_rpc_client_t *client, const char *address, gateway_ca
     size_t cap = 256, len = 0;
     c->text = calloc(1, cap);
     c->n_tokens = 0;
+    c->finish_reason = 0;
     c->first_ns = 0;
     int64_t t0 = duet_clock_ns();
     duet_rpc_client_stream_t *s;
@@ -70,6 +76,8 @@ void gateway_generate(duet_rpc_client_t *client, const char *address, gateway_ca
         if (g->n_token_ids && !c->first_ns)
             c->first_ns = duet_clock_ns() - t0;
         c->n_tokens += (int)g->n_token_ids;
+        if (g->finish_reason)
+            c->finish_reason = (int)g->finish_reason;
         protobuf_c_message_free_unpacked(msg, NULL);
         if (c->on_progress)
             c->on_progress(c->progress_arg, c->n_tokens);

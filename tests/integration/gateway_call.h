@@ -15,6 +15,7 @@ typedef struct {
     float top_p;
     int64_t seed;             /* < 0: none */
     int ignore_eos;
+    const char *stop;         /* one stop string, or NULL */
     const char *key;          /* NULL or "": no authorization header */
     int cancel_after;         /* messages read before cancelling; 0: never */
     int timeout_ms;           /* 0: 120 s */
@@ -26,6 +27,7 @@ typedef struct {
     char error[512];
     char *text;               /* malloc'd, never NULL after the call */
     int n_tokens;
+    int finish_reason;        /* duet.v1.FinishReason of the last message */
     int64_t first_ns, done_ns;   /* since the call began */
 } gateway_call_t;
 

@@ -26,6 +26,7 @@
 #include "clock.h"
 #include "cpu/cpu_backend.h"
 #include "duet/v1/gateway.pb-c.h"
+#include "gateway_call.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "mesh_harness.h"
 #include "model.h"
@@ -59,42 +60,6 @@ static pid_t up_pid;
 
 /* ---- processes ----------------------------------------------------------------------------- */
 
-/* Runs argv and returns its stdout (malloc'd), or NULL when it failed. */
-static char *capture(char *const argv[])
-{
-    int fds[2];
-    if (pipe(fds) != 0)
-        return NULL;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, STDERR_FILENO);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t cap = 4096, len = 0;
-    char *out = malloc(cap);
-    ssize_t n;
-    while (out && (n = read(fds[0], out + len, cap - len - 1)) > 0) {
-        len += (size_t)n;
-        if (cap - len < 1024)
-            out = realloc(out, cap *= 2);
-    }
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    if (!out || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        free(out);
-        return NULL;
-    }
-    out[len] = '\0';
-    return out;
-}
-
 /* Starts `duet up` with this mode's instances (one prefill and one decode, or one mixed). */
 static int start_mesh(int port)
 {
@@ -115,83 +80,17 @@ static void stop_mesh(void)
 
 /* ---- gateway calls ------------------------------------------------------------------------- */
 
-typedef struct {
-    const char *prompt;
-    const char *request_id;
-    int max_tokens;
-    float temperature;
-    float top_p;
-    const char *key;          /* NULL: the right one; "": none */
-    int cancel_after;         /* messages read before cancelling; 0: never */
-    int ignore_eos;
-    /* results */
-    duet_status_t status;
-    char error[512];
-    char *text;
-    int n_tokens;
-    int64_t first_ns, done_ns;
-} call_t;
+typedef gateway_call_t call_t;
 
 static void generate(call_t *c)
 {
-    Duet__V1__GenerateRequest req = DUET__V1__GENERATE_REQUEST__INIT;
-    Duet__V1__SamplingParams sp = DUET__V1__SAMPLING_PARAMS__INIT;
-    Duet__V1__StopParams stop = DUET__V1__STOP_PARAMS__INIT;
-    sp.temperature = c->temperature;
-    sp.top_p = c->top_p;
-    stop.max_tokens = (uint32_t)c->max_tokens;
-    stop.ignore_eos = c->ignore_eos;
-    req.prompt = (char *)c->prompt;
-    req.request_id = (char *)(c->request_id ? c->request_id : "");
-    req.sampling = &sp;
-    req.stop = &stop;
-    char bearer[128];
-    snprintf(bearer, sizeof bearer, "Bearer %s", c->key ? c->key : API_KEY);
-    duet_rpc_metadata_t md = {"authorization", bearer};
-    duet_rpc_opts_t opts = {.timeout_ms = 120000, .metadata = &md, .n_metadata = c->key && !*c->key ? 0 : 1,
-                            .error = c->error, .error_size = sizeof c->error};
-    size_t cap = 256, len = 0;
-    c->text = calloc(1, cap);
-    int64_t t0 = duet_clock_ns();
-    duet_rpc_client_stream_t *s;
-    c->status = duet_rpc_client_stream_open(client, gateway, "/duet.v1.Gateway/Generate", &req.base,
-                                            &duet__v1__generate_response__descriptor, &opts, &s);
-    if (c->status != DUET_OK)
-        return;
-    int n_msgs = 0;
-    for (;;) {
-        ProtobufCMessage *msg = NULL;
-        c->status = duet_rpc_client_stream_read(s, &msg);
-        if (c->status != DUET_OK) {
-            snprintf(c->error, sizeof c->error, "%s", duet_rpc_client_stream_error(s));
-            break;
-        }
-        if (!msg)
-            break;
-        Duet__V1__GenerateResponse *g = (Duet__V1__GenerateResponse *)msg;
-        size_t add = g->text ? strlen(g->text) : 0;
-        if (len + add + 1 > cap)
-            c->text = realloc(c->text, cap = (len + add + 1) * 2);
-        memcpy(c->text + len, g->text ? g->text : "", add);
-        len += add;
-        c->text[len] = '\0';
-        if (g->n_token_ids && !c->first_ns)
-            c->first_ns = duet_clock_ns() - t0;
-        c->n_tokens += (int)g->n_token_ids;
-        protobuf_c_message_free_unpacked(msg, NULL);
-        if (c->cancel_after && ++n_msgs == c->cancel_after) {
-            duet_rpc_client_stream_cancel(s);
-            c->status = DUET_ERR_CANCELLED;
-            break;
-        }
-    }
-    c->done_ns = duet_clock_ns() - t0;
-    duet_rpc_client_stream_close(s);
+    gateway_generate(client, gateway, c);
 }
 
 static call_t make_call(const char *prompt, const char *id)
 {
-    return (call_t){.prompt = prompt, .request_id = id, .max_tokens = MAX_TOKENS, .temperature = 0};
+    return (call_t){.prompt = prompt, .request_id = id, .max_tokens = MAX_TOKENS, .temperature = 0, .seed = -1,
+                    .key = API_KEY};
 }
 
 /* ---- Redis ----------------------------------------------------------------------------------- */
@@ -311,6 +210,35 @@ static void test_cancel_frees_blocks(void)
         after = decode_free_blocks();
     }
     CHECK_MSG(after == before, "free KV blocks %d before the cancelled stream, %d after", before, after);
+}
+
+/* A stop string cuts the text before it, ends the stream with finish STOP and the record DONE
+ * (the gateway ends it before cancelling the decode stream). */
+static void test_stop_string_ends_done(void)
+{
+    const char *want = expected[1];
+    size_t len = want ? strlen(want) : 0;
+    CHECK(len > 24);
+    if (len <= 24)
+        return;
+    char stop[9];
+    memcpy(stop, want + len / 2, 8);   /* from the middle of the fault-free text */
+    stop[8] = '\0';
+    size_t cut = (size_t)(strstr(want, stop) - want);
+    char id[64];
+    snprintf(id, sizeof id, "mesh-%s-%d-stop", mode, (int)getpid());
+    call_t c = make_call(prompts[1], id);
+    c.stop = stop;
+    generate(&c);
+    CHECK_MSG(c.status == DUET_OK, "%s %s", duet_status_str(c.status), c.error);
+    CHECK_MSG(strlen(c.text) == cut && strncmp(c.text, want, cut) == 0, "stop [%s]: got [%s], want the first %zu bytes of [%s]",
+              stop, c.text, cut, want);
+    CHECK_EQ_INT(c.finish_reason, DUET__V1__FINISH_REASON__FINISH_REASON_STOP);
+    duet_state_req_t r;
+    CHECK_MSG(wait_record(id, DUET_REQ_DONE, &r), "a request ended by a stop string: record %s (%s)",
+              duet_state_req_state_name(r.state), r.error);
+    CHECK_MSG(strcmp(r.finish_reason, "stop") == 0, "record finish_reason '%s'", r.finish_reason);
+    free(c.text);
 }
 
 static void expect_invalid(call_t *c, const char *field)
@@ -662,10 +590,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < N_PROMPTS; i++) {
         char *gargv[] = {(char *)duet_bin, "generate", "--model", (char *)model_path, "--temperature", "0",
                          "--max-tokens", "32", "--ctx", "1024", "--prompt", (char *)prompts[i], NULL};
-        expected[i] = capture(gargv);
-        size_t len = expected[i] ? strlen(expected[i]) : 0;
-        if (len && expected[i][len - 1] == '\n')
-            expected[i][len - 1] = '\0';
+        expected[i] = gateway_capture(gargv);
         CHECK_MSG(expected[i] != NULL, "duet generate failed for prompt %d", i);
     }
 
@@ -684,6 +609,7 @@ int main(int argc, char **argv)
     RUN_TEST(test_greedy_equals_in_process);
     RUN_TEST(test_32_concurrent_streams);
     RUN_TEST(test_cancel_frees_blocks);
+    RUN_TEST(test_stop_string_ends_done);
     RUN_TEST(test_bad_requests_name_the_field);
     RUN_TEST(test_wrong_api_key);
     RUN_TEST(test_metrics_second_scrape);
