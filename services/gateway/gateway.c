@@ -591,27 +591,12 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
                            int *produced_p, char *err, size_t err_cap)
 {
     const Duet__V1__GenerateRequest *req = s->req;
-    Duet__V1__SamplingParams sampling = DUET__V1__SAMPLING_PARAMS__INIT;
-    Duet__V1__StopParams stop = DUET__V1__STOP_PARAMS__INIT;
-    if (req->sampling)
-        sampling = *req->sampling;
-    if (req->stop) {
-        stop.ignore_eos = req->stop->ignore_eos;
-        stop.n_stop_token_ids = req->stop->n_stop_token_ids;
-        stop.stop_token_ids = req->stop->stop_token_ids;
-    }
-    /* Stop strings are ours: decode never sees text. max_tokens stays the request's budget on a
-     * retry too: decode counts the re-sent generated tokens against it. */
-    stop.max_tokens = s->max_tokens;
-    Duet__V1__DecodeRequest dr = DUET__V1__DECODE_REQUEST__INIT;
-    dr.request_id = s->id;
+    duet_gateway_decode_msg_t dmsg;
+    duet_gateway_decode_request(req, s->id, s->prompt, s->n_prompt, s->max_tokens, &dmsg);
+    Duet__V1__DecodeRequest dr = dmsg.decode;
     dr.attempt = attempt;
     dr.n_generated_token_ids = r->n_generated;
     dr.generated_token_ids = r->gen;
-    dr.n_prompt_token_ids = (size_t)s->n_prompt;
-    dr.prompt_token_ids = s->prompt;
-    dr.sampling = &sampling;
-    dr.stop = &stop;
     dr.prefill_instance_id = (char *)str_or_empty(rr->prefill_instance_id);
     dr.prefill_address = (char *)str_or_empty(rr->prefill_address);
 

@@ -322,3 +322,24 @@ duet_status_t duet_gateway_tokenize(const duet_gateway_model_t *m, const Duet__V
     *n_p = n;
     return DUET_OK;
 }
+
+void duet_gateway_decode_request(const Duet__V1__GenerateRequest *req, const char *id, const uint32_t *prompt,
+                                 int n_prompt, uint32_t max_tokens, duet_gateway_decode_msg_t *msg)
+{
+    duet__v1__sampling_params__init(&msg->sampling);
+    duet__v1__stop_params__init(&msg->stop);
+    duet__v1__decode_request__init(&msg->decode);
+    if (req->sampling)
+        msg->sampling = *req->sampling;
+    if (req->stop) {
+        msg->stop.ignore_eos = req->stop->ignore_eos;
+        msg->stop.n_stop_token_ids = req->stop->n_stop_token_ids;
+        msg->stop.stop_token_ids = req->stop->stop_token_ids;
+    }
+    msg->stop.max_tokens = max_tokens;
+    msg->decode.request_id = (char *)id;
+    msg->decode.n_prompt_token_ids = (size_t)n_prompt;
+    msg->decode.prompt_token_ids = (uint32_t *)prompt;
+    msg->decode.sampling = &msg->sampling;
+    msg->decode.stop = &msg->stop;
+}

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "chat.h"
+#include "duet/v1/decode.pb-c.h"
 #include "duet/v1/gateway.pb-c.h"
 #include "state.h"
 #include "status.h"
@@ -39,6 +40,20 @@ typedef struct {
  * On failure returns INVALID (or NOMEM) with the field named first in err. */
 duet_status_t duet_gateway_request_prepare(const duet_gateway_model_t *m, const Duet__V1__GenerateRequest *req,
                                            duet_gateway_request_t *out, char *err, size_t cap);
+
+/* What the gateway asks decode for on behalf of an accepted request: the prompt, the client's
+ * sampling and stop-token settings, max_tokens the resolved budget (decode counts re-sent tokens
+ * against it on a retry). Stop strings stay at the gateway: decode never sees text. The messages
+ * are filled into the caller's storage and point into req, id and prompt; the caller sets
+ * attempt, the tokens generated so far and the prefill placement. */
+typedef struct {
+    Duet__V1__DecodeRequest decode;
+    Duet__V1__SamplingParams sampling;
+    Duet__V1__StopParams stop;
+} duet_gateway_decode_msg_t;
+
+void duet_gateway_decode_request(const Duet__V1__GenerateRequest *req, const char *id, const uint32_t *prompt,
+                                 int n_prompt, uint32_t max_tokens, duet_gateway_decode_msg_t *msg);
 
 /* Renders chat messages with the model's template into *text_p (malloc'd: the caller frees it).
  * INVALID (unknown role, no template, cannot render) or NOMEM, with the reason in err. */

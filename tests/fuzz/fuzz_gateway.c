@@ -112,23 +112,10 @@ static void check_generate(const fuzz_model_t *m, const duet_gateway_model_t *gm
         }
     }
 
-    /* The DecodeRequest relay() sends on the first attempt (services/gateway/gateway.c). */
-    Duet__V1__SamplingParams sampling = DUET__V1__SAMPLING_PARAMS__INIT;
-    Duet__V1__StopParams stop = DUET__V1__STOP_PARAMS__INIT;
-    if (req->sampling)
-        sampling = *req->sampling;
-    if (req->stop) {
-        stop.ignore_eos = req->stop->ignore_eos;
-        stop.n_stop_token_ids = req->stop->n_stop_token_ids;
-        stop.stop_token_ids = req->stop->stop_token_ids;
-    }
-    stop.max_tokens = r->max_tokens;
-    Duet__V1__DecodeRequest dr = DUET__V1__DECODE_REQUEST__INIT;
-    dr.request_id = (char *)r->id;
-    dr.n_prompt_token_ids = (size_t)r->n_prompt;
-    dr.prompt_token_ids = r->prompt;
-    dr.sampling = &sampling;
-    dr.stop = &stop;
+    /* The DecodeRequest the gateway sends on the first attempt. */
+    duet_gateway_decode_msg_t msg;
+    duet_gateway_decode_request(req, r->id, r->prompt, r->n_prompt, r->max_tokens, &msg);
+    Duet__V1__DecodeRequest dr = msg.decode;
     int max_tokens = 0;
     duet_sampling_t s;
     char err[256] = "";
