@@ -8,6 +8,7 @@
 
 #include "../lib/base/status.h"
 #include "dtype.h"
+#include "sample.h"
 
 #define DUET_KV_BLOCK_TOKENS 16
 
@@ -109,7 +110,29 @@ struct duet_backend {
     /* x += y, elementwise. */
     void (*add)(duet_backend_t *be, float *x, const float *y, size_t n);
 
+    /* Optional (NULL: the caller downloads the logits and samples on the host). tokens[i] (host)
+     * = the token drawn from logits row reqs[i].row (reqs host memory; rows distinct) exactly as
+     * sample.h specifies, so the same token lib/engine/sampler.c picks from the same row; the
+     * penalty is applied to the row in place, as there. n_vocab < 2^24. Only the n token ids
+     * cross to the host, not the n_vocab * 4 bytes of each row. */
+    void (*sample)(duet_backend_t *be, float *logits /* [rows][n_vocab] */, int n_vocab,
+                   const duet_sample_req_t *reqs, int n, int32_t *tokens);
+    /* Optional (NULL: always usable). DUET_OK while the backend can run; else the error that made
+     * it unusable (a failed op or a lost device; sticky, and the results of ops since then are
+     * undefined), with a one-line reason written to why (why_len > 0). Ops return nothing, so a
+     * caller asks here once per step. A backend that cannot start at all (no device, a driver too
+     * old) fails its create function instead, with the reason logged. */
+    duet_status_t (*status)(duet_backend_t *be, char *why, size_t why_len);
+
     void (*destroy)(duet_backend_t *be);
 };
+
+/* be->status, or DUET_OK for a backend without one. */
+static inline duet_status_t duet_backend_status(duet_backend_t *be, char *why, size_t why_len)
+{
+    if (why_len > 0)
+        why[0] = '\0';
+    return be->status ? be->status(be, why, why_len) : DUET_OK;
+}
 
 #endif

@@ -19,6 +19,9 @@ else()
   target_compile_definitions(test_gpu_forward PRIVATE DUET_TEST_NO_CUDA)
 endif()
 target_include_directories(test_gpu_forward PRIVATE ${CMAKE_SOURCE_DIR}/lib/engine)
+# The sampling tests compare with the host sampler (lib/engine/sampler.h).
+target_include_directories(test_emu_ops PRIVATE ${CMAKE_SOURCE_DIR}/lib/engine)
+target_include_directories(test_gpu_ops PRIVATE ${CMAKE_SOURCE_DIR}/lib/engine)
 set_tests_properties(test_gpu_ops test_gpu_forward PROPERTIES SKIP_RETURN_CODE 77)
 
 # The race catch builds its own ThreadSanitizer binary (emulator + test kernels), so it runs in

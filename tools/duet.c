@@ -68,6 +68,9 @@ int duet_tool_open_model(const char *path, const char *device, int n_threads, du
 
 void duet_tool_close_model(duet_backend_t *be, duet_model_t *model)
 {
+    char why[256];
+    if (duet_backend_status(be, why, sizeof why) != DUET_OK)  /* ops return nothing: ask once */
+        fprintf(stderr, "duet: the %s backend failed, so the results above are not valid: %s\n", be->name, why);
     duet_model_free(model);
     be->destroy(be);
 }

@@ -3,6 +3,7 @@
  * ids, positions, slots, the attention batch) staged into device scratch on the same stream. */
 #include "cuda_backend.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +21,7 @@ extern "C" {
 #define DEFAULT_SPLIT_MIN_POSITIONS 256
 
 /* Device scratch buffers, each grown on demand and reused by every op. */
-enum { SCR_ARGS, SCR_PARTS, SCR_DEQ, N_SCRATCH };
+enum { SCR_ARGS, SCR_PARTS, SCR_DEQ, SCR_SAMPLE, N_SCRATCH };
 
 typedef struct {
     duet_backend_t be;   /* first, so a duet_backend_t * is a cuda_backend_t * */
@@ -35,6 +36,7 @@ typedef struct {
     unsigned char *stage;  /* host staging for the op arguments that arrive in host memory */
     size_t stage_cap;
     duet_status_t status;  /* the first error, sticky */
+    char why[192];         /* its reason */
     duet_cuda_stats_t stats;
 } cuda_backend_t;
 
@@ -48,6 +50,7 @@ static void fail(cuda_backend_t *c, duet_status_t st, const char *what, const ch
 {
     if (c->status == DUET_OK) {
         duet_log_error("cuda: %s failed: %s", what, why);
+        snprintf(c->why, sizeof c->why, "%s failed: %s", what, why);
         c->status = st;
     }
 }
@@ -447,6 +450,73 @@ static void cu_add(duet_backend_t *be, float *x, const float *y, size_t n)
     launched(c, "add");
 }
 
+/* ---- sampling ---- */
+
+/* The rows' parameters and penalized ids go over in one staged copy; the kernel writes the
+ * tokens after the e values in the sample scratch, and only those n ints come back. */
+static void cu_sample(duet_backend_t *be, float *logits, int n_vocab, const duet_sample_req_t *reqs,
+                      int n, int32_t *tokens)
+{
+    cuda_backend_t *c = cb(be);
+    if (n <= 0)
+        return;
+    memset(tokens, 0, (size_t)n * sizeof *tokens);  /* defined, should an error stop the draw */
+    size_t n_pen = 0;
+    for (int i = 0; i < n; i++)
+        if (reqs[i].repeat_penalty != 1.0f && reqs[i].repeat_last_n > 0)
+            n_pen += (size_t)(reqs[i].n_history < reqs[i].repeat_last_n ? reqs[i].n_history
+                                                                         : reqs[i].repeat_last_n);
+    size_t off_pen = (size_t)n * sizeof(duet_cu_sample_row_t);
+    unsigned char *s = stage(c, off_pen + (n_pen + 1) * sizeof(int32_t));
+    if (!s)
+        return;
+    duet_cu_sample_row_t *rows = (duet_cu_sample_row_t *)s;
+    int32_t *pen = (int32_t *)(s + off_pen);
+    int n_used = 0;
+    for (int i = 0; i < n; i++) {
+        const duet_sample_req_t *q = &reqs[i];
+        duet_cu_sample_row_t *r = &rows[i];
+        r->row = q->row;
+        r->top_k = q->top_k;
+        r->temperature = q->temperature;
+        r->top_p = q->top_p;
+        r->min_p = q->min_p;
+        r->repeat_penalty = q->repeat_penalty;
+        r->seed = q->seed;
+        r->draw_index = q->draw_index;
+        r->pen_off = n_used;
+        if (q->repeat_penalty != 1.0f && q->repeat_last_n > 0 && q->n_history > 0) {
+            int from = q->n_history > q->repeat_last_n ? q->n_history - q->repeat_last_n : 0;
+            for (int j = from; j < q->n_history; j++)
+                if (duet_sample_penalty_first(q->history, from, j, n_vocab))
+                    pen[n_used++] = q->history[j];
+        }
+        r->n_pen = n_used - r->pen_off;
+    }
+    unsigned char *dev = send_stage(c, off_pen + (n_pen + 1) * sizeof(int32_t));
+    if (!dev)
+        return;
+    size_t e_bytes = (size_t)n * (size_t)n_vocab * sizeof(float);
+    unsigned char *scr = (unsigned char *)scratch(c, SCR_SAMPLE, e_bytes + (size_t)n * sizeof(int32_t));
+    if (!scr)
+        return;
+    int32_t *dev_tokens = (int32_t *)(scr + e_bytes);
+    duet_cu_sample(c->stream, logits, n_vocab, (const duet_cu_sample_row_t *)dev,
+                   n, (const int32_t *)(dev + off_pen), (float *)scr, dev_tokens);
+    launched(c, "sample");
+    if (ok(c, cudaMemcpyAsync(tokens, dev_tokens, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                              c->stream), "copying sampled tokens"))
+        ok(c, cudaStreamSynchronize(c->stream), "copying sampled tokens");
+}
+
+static duet_status_t cu_status(duet_backend_t *be, char *why, size_t why_len)
+{
+    cuda_backend_t *c = cb(be);
+    if (c->status != DUET_OK && why_len > 0)
+        snprintf(why, why_len, "cuda device %d: %s", c->device, c->why);
+    return c->status;
+}
+
 /* ---- create / destroy ---- */
 
 static void cu_destroy(duet_backend_t *be)
@@ -532,6 +602,8 @@ extern "C" duet_status_t duet_backend_cuda_create(const duet_cuda_conf_t *conf, 
     c->be.attn_decode = cu_attn_decode;
     c->be.swiglu = cu_swiglu;
     c->be.add = cu_add;
+    c->be.sample = cu_sample;
+    c->be.status = cu_status;
     c->be.destroy = cu_destroy;
     *be_p = &c->be;
     return DUET_OK;
@@ -543,11 +615,6 @@ err_stream:
 err_free:
     free(c);
     return st;
-}
-
-extern "C" duet_status_t duet_backend_cuda_status(duet_backend_t *be)
-{
-    return cb(be)->status;
 }
 
 extern "C" void duet_backend_cuda_stats(duet_backend_t *be, duet_cuda_stats_t *stats_p)

@@ -25,12 +25,9 @@ typedef struct {
  * reason is logged), DUET_ERR_NOMEM when the stream or cuBLAS cannot be set up.
  * Memory from be->alloc is device memory; weights are uploaded by be->prepare_weight into
  * w->packed (device), and ops read w->packed only. Ops are queued on the backend's stream and
- * return before they finish; be->download and be->synchronize wait. */
+ * return before they finish; be->download, be->synchronize and be->sample wait. be->status reports
+ * the first CUDA error any op met (ops return nothing), with its reason; it was logged then. */
 duet_status_t duet_backend_cuda_create(const duet_cuda_conf_t *conf, duet_backend_t **be_p);
-
-/* The first CUDA error any op of this backend met (ops return nothing), or DUET_OK. Once set,
- * results are undefined; the error was logged when it happened. */
-duet_status_t duet_backend_cuda_status(duet_backend_t *be);
 
 /* How the ops ran so far: which matmul path, whether decode split any context (tests use these to
  * show a path was taken). */

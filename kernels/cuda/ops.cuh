@@ -68,4 +68,18 @@ void duet_cu_attn(cudaStream_t st, const duet_cu_attn_args_t *a,
 void duet_cu_attn_merge(cudaStream_t st, const duet_cu_attn_args_t *a,
                         const duet_cu_attn_merge_t *merges /* device */, int n_merges);
 
+/* ---- sample.cu ---- */
+/* One row of a sample launch, in device memory; pen[pen_off .. pen_off + n_pen - 1] are the
+ * distinct token ids the repetition penalty applies to. */
+typedef struct {
+    int row, top_k, pen_off, n_pen;
+    float temperature, top_p, min_p, repeat_penalty;
+    uint64_t seed, draw_index;
+} duet_cu_sample_row_t;
+
+/* out[i] = the token drawn from logits row rows[i].row (penalized in place) as kernels/sample.h
+ * specifies; scratch holds [n][n_vocab] floats. */
+void duet_cu_sample(cudaStream_t st, float *logits, int n_vocab, const duet_cu_sample_row_t *rows,
+                    int n, const int32_t *pen, float *scratch, int32_t *out);
+
 #endif

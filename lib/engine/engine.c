@@ -42,7 +42,7 @@ struct duet_engine {
     duet_kv_cache_t *cache;
     duet_forward_t *fwd;
     duet_sampler_t *sampler;
-    float *logits;                   /* [max_seqs][n_vocab] host */
+    float *logits;                   /* [max_seqs][n_vocab] host; NULL with a device sampler */
     duet_engine_seq_t *head, *tail;
     int n_seqs;
     /* Per-step scratch. */
@@ -50,6 +50,8 @@ struct duet_engine {
     duet_engine_seq_t **step_seq;    /* [max_seqs] */
     int32_t *step_new;               /* [max_seqs] */
     int32_t *step_tokens;            /* [max_batch_tokens] */
+    duet_sample_req_t *step_draws;   /* [max_seqs] for be->sample */
+    int32_t *step_picks;             /* [max_seqs] its tokens */
     int n_step;                      /* requests in the step being run */
     duet_engine_layer_fn layer_hook;
     void *layer_user;
@@ -111,12 +113,15 @@ duet_status_t duet_engine_create(duet_model_t *model, const duet_engine_conf_t *
         (st = duet_sampler_create(hp->n_vocab, &e->sampler)) != DUET_OK)
         goto err_destroy;
     size_t S = (size_t)e->conf.max_seqs;
-    e->logits = malloc(S * hp->n_vocab * sizeof *e->logits);
+    e->logits = model->be->sample ? NULL : malloc(S * hp->n_vocab * sizeof *e->logits);
     e->step_kv = malloc(S * sizeof *e->step_kv);
     e->step_seq = malloc(S * sizeof *e->step_seq);
     e->step_new = malloc(S * sizeof *e->step_new);
     e->step_tokens = malloc((size_t)e->conf.max_batch_tokens * sizeof *e->step_tokens);
-    if (!e->logits || !e->step_kv || !e->step_seq || !e->step_new || !e->step_tokens) {
+    e->step_draws = malloc(S * sizeof *e->step_draws);
+    e->step_picks = malloc(S * sizeof *e->step_picks);
+    if ((!e->logits && !model->be->sample) || !e->step_kv || !e->step_seq || !e->step_new ||
+        !e->step_tokens || !e->step_draws || !e->step_picks) {
         st = DUET_ERR_NOMEM;
         goto err_destroy;
     }
@@ -162,6 +167,8 @@ void duet_engine_destroy(duet_engine_t *e)
     free(e->step_seq);
     free(e->step_new);
     free(e->step_tokens);
+    free(e->step_draws);
+    free(e->step_picks);
     duet_sampler_destroy(e->sampler);
     duet_forward_destroy(e->fwd);
     duet_kv_cache_destroy(e->cache);
@@ -415,22 +422,55 @@ int duet_engine_step(duet_engine_t *e)
     }
     duet_batch_t batch = {.n_seq = n_step, .seqs = e->step_kv, .n_new = e->step_new, .tokens = e->step_tokens};
     e->n_step = n_step;
-    duet_status_t st = duet_forward_run(e->fwd, &batch, e->logits);
+    /* A backend that samples keeps the logits where they are and sends back only the token ids
+     * (4 bytes each): a logits row is n_vocab * 4 bytes per sequence per step (192 KiB at 49k
+     * tokens, 12 MiB for a step of 64 sequences), to be copied from the device and then scanned
+     * by one host thread. Same tokens either way (kernels/sample.h). */
+    duet_backend_t *be = e->model->be;
+    int n_vocab = e->model->hp.n_vocab;
+    duet_status_t st = duet_forward_run(e->fwd, &batch, be->sample ? NULL : e->logits);
     e->n_step = 0;
-    if (st != DUET_OK) {
+    int n_draws = 0;
+    if (st == DUET_OK && be->sample) {
+        for (int k = 0; k < n_step; k++) {
+            const duet_engine_seq_t *s = e->step_seq[k];
+            if (s->kv.n_tokens < s->n_tokens)
+                continue;
+            const duet_sampling_t *sp = &s->sampling;
+            e->step_draws[n_draws++] = (duet_sample_req_t){
+                .row = k, .temperature = sp->temperature, .top_k = sp->top_k, .top_p = sp->top_p,
+                .min_p = sp->min_p, .repeat_penalty = sp->repeat_penalty,
+                .repeat_last_n = sp->repeat_last_n, .history = s->tokens, .n_history = s->n_tokens,
+                .seed = sp->seed, .draw_index = (uint64_t)s->result.n_generated,
+            };
+        }
+        be->sample(be, duet_forward_logits(e->fwd), n_vocab, e->step_draws, n_draws, e->step_picks);
+    }
+    /* Ops report no errors of their own; a backend that failed says so here, not with bad tokens. */
+    char why[256];
+    if (st != DUET_OK)
         duet_log_error("engine: forward pass failed: %s", duet_status_str(st));
+    else if ((st = duet_backend_status(be, why, sizeof why)) != DUET_OK)
+        duet_log_error("engine: the %s backend failed: %s", be->name, why);
+    if (st != DUET_OK) {
         for (int k = 0; k < n_step; k++)
             finish(e, e->step_seq[k], DUET_FINISH_ERROR, st);
         return st;
     }
+    n_draws = 0;
     for (int k = 0; k < n_step; k++) {
         duet_engine_seq_t *s = e->step_seq[k];
         if (s->kv.n_tokens < s->n_tokens)
             continue;  /* a prompt chunk that is not the last one */
         s->state = SEQ_RUNNING;
-        float *lg = e->logits + (size_t)k * e->model->hp.n_vocab;
-        int32_t tok = duet_sampler_sample(e->sampler, &s->sampling, lg, s->tokens, s->n_tokens,
-                                          (uint64_t)s->result.n_generated);
+        int32_t tok;
+        if (be->sample) {
+            tok = e->step_picks[n_draws++];
+        } else {
+            float *lg = e->logits + (size_t)k * n_vocab;
+            tok = duet_sampler_sample(e->sampler, &s->sampling, lg, s->tokens, s->n_tokens,
+                                      (uint64_t)s->result.n_generated);
+        }
         accept_token(e, s, tok);
     }
     return e->n_seqs;

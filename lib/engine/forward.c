@@ -216,8 +216,14 @@ duet_status_t duet_forward_run(duet_forward_t *f, const duet_batch_t *b, float *
                     f->last + (size_t)s * hp->dim);
     }
     be->matmul(be, &m->output, NULL, f->last, b->n_seq, f->logits);
-    be->download(be, logits, f->logits, (size_t)b->n_seq * hp->n_vocab * sizeof(float));
+    if (logits)
+        be->download(be, logits, f->logits, (size_t)b->n_seq * hp->n_vocab * sizeof(float));
     for (int s = 0; s < b->n_seq; s++)
         b->seqs[s]->n_tokens += b->n_new[s];
     return DUET_OK;
+}
+
+float *duet_forward_logits(duet_forward_t *f)
+{
+    return f->logits;
 }

@@ -31,9 +31,12 @@ typedef void (*duet_forward_layer_fn)(void *user, int layer);
 void duet_forward_set_layer_hook(duet_forward_t *fwd, duet_forward_layer_fn fn, void *user);
 
 /* Runs one step. Blocks for seqs[s]->n_tokens + n_new[s] positions must be reserved already.
- * Writes each sequence's logits after its last new token to logits[n_seq][n_vocab] (host memory).
- * On success each seqs[s]->n_tokens grows by n_new[s]. DUET_ERR_INVALID for a batch over the
+ * Writes each sequence's logits after its last new token to logits[n_seq][n_vocab] (host memory),
+ * or, when logits is NULL, leaves them in backend memory (duet_forward_logits). On success each seqs[s]->n_tokens grows by n_new[s]. DUET_ERR_INVALID for a batch over the
  * limits, a token id outside the vocabulary, or missing blocks. */
 duet_status_t duet_forward_run(duet_forward_t *fwd, const duet_batch_t *batch, float *logits);
+
+/* The last step's logits in backend memory, [n_seq][n_vocab]; valid until the next step. */
+float *duet_forward_logits(duet_forward_t *fwd);
 
 #endif

@@ -1,7 +1,10 @@
-/* lib/engine/sampler.c — filtering and drawing. Candidates whose probability is below e^-25 of
- * the best are dropped before sorting: they cannot survive any filter at a sane temperature, and
- * sorting 50k logits per token would cost more than the draw itself. */
+/* lib/engine/sampler.c — filtering and drawing on the host, by the arithmetic of kernels/sample.h
+ * (which the device sampler shares, so both pick the same token). Candidates whose probability is
+ * below e^-25 of the best are dropped before sorting: they cannot survive any filter at a sane
+ * temperature, and sorting 50k logits per token would cost more than the draw itself. */
 #include "sampler.h"
+
+#include "sample.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -10,8 +13,7 @@
 
 struct duet_sampler {
     int n_vocab;
-    int32_t *ids;     /* [n_vocab] candidate ids */
-    float *vals;      /* [n_vocab] candidate logits, then probabilities */
+    uint64_t *keys;   /* [n_vocab] candidate keys (sample.h): order, id and weight in one */
 };
 
 void duet_sampling_defaults(duet_sampling_t *s)
@@ -57,9 +59,8 @@ duet_status_t duet_sampler_create(int n_vocab, duet_sampler_t **sampler_p)
     if (!sp)
         return DUET_ERR_NOMEM;
     sp->n_vocab = n_vocab;
-    sp->ids = malloc((size_t)n_vocab * sizeof *sp->ids);
-    sp->vals = malloc((size_t)n_vocab * sizeof *sp->vals);
-    if (!sp->ids || !sp->vals) {
+    sp->keys = malloc((size_t)n_vocab * sizeof *sp->keys);
+    if (!sp->keys) {
         duet_sampler_destroy(sp);
         return DUET_ERR_NOMEM;
     }
@@ -71,23 +72,13 @@ void duet_sampler_destroy(duet_sampler_t *sp)
 {
     if (!sp)
         return;
-    free(sp->ids);
-    free(sp->vals);
+    free(sp->keys);
     free(sp);
-}
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
 }
 
 double duet_sampler_uniform(uint64_t seed, uint64_t n)
 {
-    uint64_t r = splitmix64(splitmix64(seed) ^ n);
-    return (double)(r >> 11) * (1.0 / 9007199254740992.0);  /* 53 random bits */
+    return (double)duet_sample_bits53(seed, n) * (1.0 / 9007199254740992.0);  /* 53 random bits */
 }
 
 static void apply_penalty(const duet_sampling_t *s, float *logits, int n_vocab,
@@ -96,18 +87,9 @@ static void apply_penalty(const duet_sampling_t *s, float *logits, int n_vocab,
     if (s->repeat_penalty == 1.0f || s->repeat_last_n == 0 || n_history == 0)
         return;
     int from = n_history > s->repeat_last_n ? n_history - s->repeat_last_n : 0;
-    /* A token repeated in the window is penalized once: mark it by making the pass idempotent. */
-    for (int i = from; i < n_history; i++) {
-        int32_t t = history[i];
-        if (t < 0 || t >= n_vocab)
-            continue;
-        int seen = 0;
-        for (int j = from; j < i && !seen; j++)
-            seen = history[j] == t;
-        if (seen)
-            continue;
-        logits[t] = logits[t] > 0 ? logits[t] / s->repeat_penalty : logits[t] * s->repeat_penalty;
-    }
+    for (int i = from; i < n_history; i++)
+        if (duet_sample_penalty_first(history, from, i, n_vocab))
+            logits[history[i]] = duet_sample_penalize(logits[history[i]], s->repeat_penalty);
 }
 
 static int32_t argmax(const float *logits, int n)
@@ -119,28 +101,27 @@ static int32_t argmax(const float *logits, int n)
     return best;
 }
 
-/* Sorts candidates by logit, descending, ties by id (so the order never depends on the sort). */
-static void sort_candidates(int32_t *ids, float *vals, int n)
+/* Sorts keys descending (they are distinct: each holds its id). */
+static void sort_keys(uint64_t *keys, int n)
 {
-    /* Insertion sort on the (usually short) survivor list; a shell gap sequence keeps long lists fast. */
+    /* Shell sort: insertion sort on the (usually short) survivor list, the gaps keep long lists fast. */
     static const int gaps[] = {701, 301, 132, 57, 23, 10, 4, 1};
     for (size_t g = 0; g < sizeof gaps / sizeof gaps[0]; g++) {
         int gap = gaps[g];
         for (int i = gap; i < n; i++) {
-            float v = vals[i];
-            int32_t id = ids[i];
+            uint64_t k = keys[i];
             int j = i;
-            while (j >= gap && (vals[j - gap] < v || (vals[j - gap] == v && ids[j - gap] > id))) {
-                vals[j] = vals[j - gap];
-                ids[j] = ids[j - gap];
+            while (j >= gap && keys[j - gap] < k) {
+                keys[j] = keys[j - gap];
                 j -= gap;
             }
-            vals[j] = v;
-            ids[j] = id;
+            keys[j] = k;
         }
     }
 }
 
+/* The steps are those of kernels/sample.h, in its order; kernels/cuda/sample.cu finds the same
+ * boundaries by search instead of sorting. */
 int32_t duet_sampler_sample(duet_sampler_t *sp, const duet_sampling_t *s, float *logits,
                             const int32_t *history, int n_history, uint64_t draw_index)
 {
@@ -152,49 +133,44 @@ int32_t duet_sampler_sample(duet_sampler_t *sp, const duet_sampling_t *s, float 
 
     float inv_t = 1.0f / s->temperature;
     float max_l = logits[best];
+    int idb = duet_sample_id_bits(n_vocab);
+    uint64_t *keys = sp->keys;
     int n = 0;
     for (int i = 0; i < n_vocab; i++) {
-        float z = (logits[i] - max_l) * inv_t;
-        if (z > -25.0f) {
-            sp->ids[n] = i;
-            sp->vals[n] = z;
-            n++;
-        }
+        float z = duet_sample_z(logits[i], max_l, inv_t);
+        if (z > DUET_SAMPLE_CUTOFF)
+            keys[n++] = duet_sample_key(duet_sample_exp(z), i, idb);
     }
-    sort_candidates(sp->ids, sp->vals, n);
+    if (n == 0)
+        return best;  /* only when the best logit is not finite */
+    sort_keys(keys, n);
     if (s->top_k > 0 && s->top_k < n)
         n = s->top_k;
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        sp->vals[i] = expf(sp->vals[i]);  /* vals[0] is exp(0) = 1, the best token */
-        sum += sp->vals[i];
-    }
-    if (s->min_p > 0.0f) {
-        /* p_i >= min_p * p_0 with p_0 = 1 / sum, i.e. vals[i] >= min_p. */
-        int keep = 1;
-        while (keep < n && sp->vals[keep] >= s->min_p)
-            keep++;
-        for (int i = keep; i < n; i++)
-            sum -= sp->vals[i];
-        n = keep;
-    }
+    /* min_p: p_i >= min_p * p_best with p_best = 1 / sum, i.e. e_i >= min_p; the best has e = 1. */
+    uint64_t cut = duet_sample_min_p_cut(s->min_p, idb);
+    int keep = 1;
+    while (keep < n && keys[keep] >= cut)
+        keep++;
+    n = keep;
+    uint64_t sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += duet_sample_key_weight(keys[i], idb);
     if (s->top_p < 1.0f) {
-        double acc = 0, limit = s->top_p * sum;
-        int keep = 0;
+        uint64_t limit = duet_sample_top_p_limit(s->top_p, sum), acc = 0;
+        keep = 0;
         while (keep < n) {
-            acc += sp->vals[keep++];
+            acc += duet_sample_key_weight(keys[keep++], idb);
             if (acc >= limit)
                 break;
         }
         sum = acc;
         n = keep;
     }
-    double u = duet_sampler_uniform(s->seed, draw_index) * sum;
-    double acc = 0;
+    uint64_t t = duet_sample_threshold(s->seed, draw_index, sum), acc = 0;
     for (int i = 0; i < n; i++) {
-        acc += sp->vals[i];
-        if (u < acc)
-            return sp->ids[i];
+        acc += duet_sample_key_weight(keys[i], idb);
+        if (acc > t)
+            return duet_sample_key_id(keys[i], idb);
     }
-    return sp->ids[n - 1];
+    return duet_sample_key_id(keys[n - 1], idb);  /* not reached: t < sum */
 }

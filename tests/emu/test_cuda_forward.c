@@ -183,7 +183,8 @@ static void check_model(const char *duet, const char *what, const char *args, du
     duet_backend_cuda_stats(cu, &s1);
     CHECK_MSG(s1.gemm_calls > s0.gemm_calls, "%s: prefill used cuBLAS", what);
     CHECK_MSG(s1.attn_split_calls > s0.attn_split_calls, "%s: decode split a context", what);
-    CHECK_EQ_INT(duet_backend_cuda_status(cu), DUET_OK);
+    char why[256];
+    CHECK_EQ_INT(duet_backend_status(cu, why, sizeof why), DUET_OK);
     unlink(path);
 }
 

@@ -26,6 +26,8 @@ int main(void)
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
 #include "quant.h"
+#include "sample.h"
+#include "sampler.h"
 
 static duet_backend_t *ref;  /* CPU scalar, one thread */
 static duet_backend_t *cu;   /* CUDA (or emulated): GEMV for every matmul, split-K off */
@@ -451,6 +453,141 @@ static void test_elementwise(void)
     }
 }
 
+/* ---- sampling: the device sampler against lib/engine/sampler.c ---- */
+
+typedef struct {
+    const char *name;
+    float temperature;
+    int top_k;
+    float top_p, min_p, penalty;
+    int last_n;
+} sample_setting_t;
+
+static const sample_setting_t sample_settings[] = {
+    {"greedy", 0.0f, 0, 1.0f, 0.0f, 1.0f, 64},
+    {"greedy, penalty 1.5 over 16", 0.0f, 0, 1.0f, 0.0f, 1.5f, 16},
+    {"t 1", 1.0f, 0, 1.0f, 0.0f, 1.0f, 64},
+    {"t 0.7, top_k 40", 0.7f, 40, 1.0f, 0.0f, 1.0f, 64},
+    {"t 1.3, top_p 0.9", 1.3f, 0, 0.9f, 0.0f, 1.0f, 64},
+    {"t 1, min_p 0.05", 1.0f, 0, 1.0f, 0.05f, 1.0f, 64},
+    {"t 0.8, top_k 50, top_p 0.95, min_p 0.02, penalty 1.3", 0.8f, 50, 0.95f, 0.02f, 1.3f, 32},
+    {"t 2, top_p 0.3", 2.0f, 0, 0.3f, 0.0f, 1.0f, 64},
+    {"t 0.5, top_k 1", 0.5f, 1, 1.0f, 0.0f, 1.0f, 64},
+    {"t 100 (nearly flat: every token a candidate)", 100.0f, 0, 1.0f, 0.0f, 1.0f, 64},
+};
+
+/* Logits in [-8, 8) with ties: the maximum at three ids (the lowest must win), runs of equal
+ * values (ties in the candidate order, broken by id). */
+static void sample_logits(float *l, int n_vocab)
+{
+    fill_rand(l, (size_t)n_vocab, -8.0f, 8.0f);
+    for (int i = 7; i < n_vocab; i += 13)
+        l[i] = l[i - 1];
+    int best = 0;
+    for (int i = 1; i < n_vocab; i++)
+        best = l[i] > l[best] ? i : best;
+    l[n_vocab / 3] = l[n_vocab - 1] = l[best];
+}
+
+/* The same seed, draw index and logits give the same token on the device as on the host, for
+ * every setting, vocabulary size and draw: exact by construction (kernels/sample.h), so no
+ * tolerance. The rows of one launch are draws with different seeds and draw indices. */
+static void test_sample(void)
+{
+    static const int vocabs[] = {1, 31, 1000, 49152 + 7};
+    static const uint64_t seeds[] = {0, 42, 0x9e3779b97f4a7c15ull};
+    enum { MAX_ROWS = 32, N_HIST = 48 };
+    for (size_t vi = 0; vi < sizeof vocabs / sizeof vocabs[0]; vi++) {
+        int n_vocab = vocabs[vi];
+        /* Each draw costs the device up to ~140 barriers and passes over the row, which the
+         * emulator under ThreadSanitizer (ctest -L emu in CI) pays dearly: 32 draws per setting,
+         * 4 for the big vocabulary, keep this test near a minute there. */
+        int n_rows = n_vocab > 5000 ? 4 : MAX_ROWS;
+        duet_sampler_t *sp;
+        CHECK_EQ_INT(duet_sampler_create(n_vocab, &sp), DUET_OK);
+        float *base = xmalloc((size_t)n_vocab * sizeof *base);
+        float *rows = xmalloc((size_t)n_rows * n_vocab * sizeof *rows);
+        float *host = xmalloc((size_t)n_vocab * sizeof *host);
+        float *penalized = xmalloc((size_t)n_vocab * sizeof *penalized);
+        int32_t hist[N_HIST], want[MAX_ROWS], got[MAX_ROWS];
+        for (int i = 0; i < N_HIST; i++)  /* repeats, and one id outside the vocabulary */
+            hist[i] = i == 5 ? n_vocab : (int32_t)((i * i * 7 + 3) % n_vocab);
+        float *dl = cu->alloc(cu, (size_t)n_rows * n_vocab * sizeof(float));
+        CHECK(dl != NULL);
+        for (size_t si = 0; si < sizeof sample_settings / sizeof sample_settings[0] && dl; si++) {
+            const sample_setting_t *st = &sample_settings[si];
+            sample_logits(base, n_vocab);
+            duet_sample_req_t reqs[MAX_ROWS];
+            for (int r = 0; r < n_rows; r++) {
+                memcpy(rows + (size_t)r * n_vocab, base, (size_t)n_vocab * sizeof *base);
+                reqs[r] = (duet_sample_req_t){
+                    .row = r, .temperature = st->temperature, .top_k = st->top_k, .top_p = st->top_p,
+                    .min_p = st->min_p, .repeat_penalty = st->penalty, .repeat_last_n = st->last_n,
+                    .history = hist, .n_history = N_HIST, .seed = seeds[r % 3] + si,
+                    .draw_index = (uint64_t)r * 7 + 1,
+                };
+                duet_sampling_t s = {
+                    .temperature = st->temperature, .top_k = st->top_k, .top_p = st->top_p,
+                    .min_p = st->min_p, .repeat_penalty = st->penalty, .repeat_last_n = st->last_n,
+                    .seed = reqs[r].seed,
+                };
+                memcpy(host, base, (size_t)n_vocab * sizeof *base);
+                want[r] = duet_sampler_sample(sp, &s, host, hist, N_HIST, reqs[r].draw_index);
+            }
+            cu->upload(cu, dl, rows, (size_t)n_rows * n_vocab * sizeof *rows);
+            cu->sample(cu, dl, n_vocab, reqs, n_rows, got);
+            int same = 0, distinct = 0;
+            for (int r = 0; r < n_rows; r++) {
+                same += got[r] == want[r];
+                int first = 1;
+                for (int q = 0; q < r; q++)
+                    first &= want[q] != want[r];
+                distinct += first;
+            }
+            CHECK_MSG(same == n_rows, "vocab %d, %s: %d of %d draws differ from the host sampler's",
+                      n_vocab, st->name, n_rows - same, n_rows);
+            for (int r = 0; r < n_rows && same != n_rows; r++)
+                if (got[r] != want[r])
+                    fprintf(stderr, "  row %d (seed %llu, draw %llu): device %d, host %d\n", r,
+                            (unsigned long long)reqs[r].seed, (unsigned long long)reqs[r].draw_index,
+                            got[r], want[r]);
+            /* The penalty was applied to each row in place, as the host sampler does. */
+            cu->download(cu, penalized, dl + (size_t)(n_rows - 1) * n_vocab, (size_t)n_vocab * sizeof *penalized);
+            CHECK_MSG(memcmp(penalized, host, (size_t)n_vocab * sizeof *host) == 0,
+                      "vocab %d, %s: the penalized logits differ from the host's", n_vocab, st->name);
+            /* Not degenerate: a nearly flat distribution over 1000+ tokens gives distinct draws. */
+            if (st->temperature >= 100.0f && n_vocab >= 1000)
+                CHECK_MSG(distinct > n_rows / 2, "vocab %d, %s: only %d distinct tokens in %d draws",
+                          n_vocab, st->name, distinct, n_rows);
+            if (getenv("DUET_TEST_VERBOSE"))
+                fprintf(stderr, "  sample vocab %d, %s: %d draws, %d distinct tokens\n", n_vocab,
+                        st->name, n_rows, distinct);
+        }
+        cu->free(cu, dl);
+        free(base);
+        free(rows);
+        free(host);
+        free(penalized);
+        duet_sampler_destroy(sp);
+    }
+}
+
+/* duet_sample_exp is e^z to within 2 ulp over the candidates' range: it stands in for libm's
+ * expf (whose last bit differs between glibc and CUDA) and must still be exp. */
+static void test_sample_exp(void)
+{
+    int worst = 0;
+    for (int i = 0; i <= 250000; i++) {
+        float z = -25.0f * (float)i / 250000.0f;
+        double want = exp((double)z);
+        double ulp = (double)nextafterf((float)want, INFINITY) - (double)(float)want;
+        int err = (int)ceil(fabs((double)duet_sample_exp(z) - want) / ulp - 0.5);
+        worst = err > worst ? err : worst;
+    }
+    CHECK_MSG(worst <= 2, "duet_sample_exp is %d ulp off e^z", worst);
+    CHECK(duet_sample_exp(0.0f) == 1.0f);
+}
+
 int main(void)
 {
     if (duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = 1, .isa = DUET_CPU_ISA_SCALAR}, &ref) != DUET_OK) {
@@ -480,8 +617,11 @@ int main(void)
     RUN_TEST(test_kv_write);
     RUN_TEST(test_attention);
     RUN_TEST(test_elementwise);
-    CHECK_EQ_INT(duet_backend_cuda_status(cu), DUET_OK);
-    CHECK_EQ_INT(duet_backend_cuda_status(cu2), DUET_OK);
+    RUN_TEST(test_sample_exp);
+    RUN_TEST(test_sample);
+    char why[256];
+    CHECK_EQ_INT(duet_backend_status(cu, why, sizeof why), DUET_OK);
+    CHECK_EQ_INT(duet_backend_status(cu2, why, sizeof why), DUET_OK);
     cu->destroy(cu);
     cu2->destroy(cu2);
     ref->destroy(ref);
