@@ -8,5 +8,5 @@ find_program(DUET_REDIS_SERVER redis-server)
 if(DUET_MODEL_PATH AND DUET_REDIS_SERVER)
   duet_test(test_gateway_limits LABELS integration SOURCES integration/test_gateway_limits.c
                                                    integration/mesh_harness.c
-            ARGS $<TARGET_FILE:duet-gateway> ${DUET_MODEL_PATH} LIBS duet_rpc duet_proto)
+            ARGS $<TARGET_FILE:duet-gateway> ${DUET_MODEL_PATH} LIBS duet_rpc duet_proto duet_state)
 endif()

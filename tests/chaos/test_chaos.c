@@ -111,14 +111,7 @@ static int count_role(duet_inst_role_t role, const char *id_or_null, int *found_
 
 static int decode_free_blocks(void)
 {
-    duet_state_inst_t *insts;
-    int n, total = 0;
-    if (duet_state_inst_list(store, DUET_ROLE_DECODE, &insts, &n) != DUET_OK)
-        return -1;
-    for (int i = 0; i < n; i++)
-        total += (int)insts[i].load.kv_blocks_free;
-    duet_state_inst_list_free(insts);
-    return total;
+    return mesh_decode_free_blocks(store);
 }
 
 /* Waits up to timeout_s for the record of id to be in state want (or, with want NONE, to name an

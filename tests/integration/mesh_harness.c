@@ -124,3 +124,16 @@ int mesh_sanitizer_reports(const char *run_dir)
     closedir(d);
     return n;
 }
+
+int mesh_decode_free_blocks(duet_state_t *store)
+{
+    duet_state_inst_t *insts;
+    int n, total = 0;
+    if (duet_state_inst_list(store, DUET_ROLE_ANY, &insts, &n) != DUET_OK)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (insts[i].role == DUET_ROLE_DECODE || insts[i].role == DUET_ROLE_MIXED)
+            total += (int)insts[i].load.kv_blocks_free;
+    duet_state_inst_list_free(insts);
+    return total;
+}

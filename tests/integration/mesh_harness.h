@@ -5,6 +5,8 @@
 
 #include <sys/types.h>
 
+#include "state.h"
+
 /* A loopback TCP port that was free a moment ago. */
 int mesh_free_port(void);
 
@@ -29,5 +31,9 @@ void mesh_sanitizer_setup(const char *run_dir);
 /* Prints every sanitizer report file in run_dir to stderr and returns how many there are; call
  * it after the mesh has stopped (LeakSanitizer reports when a process exits). */
 int mesh_sanitizer_reports(const char *run_dir);
+
+/* Free KV blocks summed over the decode and mixed instances registered in store, as their last
+ * heartbeats report them; -1 while Redis does not answer. */
+int mesh_decode_free_blocks(duet_state_t *store);
 
 #endif

@@ -99,15 +99,7 @@ static duet_state_t *store;
 
 static int decode_free_blocks(void)
 {
-    duet_state_inst_t *insts;
-    int n, total = 0;
-    if (duet_state_inst_list(store, DUET_ROLE_ANY, &insts, &n) != DUET_OK)
-        return -1;
-    for (int i = 0; i < n; i++)
-        if (insts[i].role == DUET_ROLE_DECODE || insts[i].role == DUET_ROLE_MIXED)
-            total += (int)insts[i].load.kv_blocks_free;
-    duet_state_inst_list_free(insts);
-    return total;
+    return mesh_decode_free_blocks(store);
 }
 
 static int wait_record(const char *id, duet_req_state_t want, duet_state_req_t *r)
