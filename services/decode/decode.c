@@ -26,7 +26,7 @@
  * "zombie" (stream already finished) until the call returns: the prefill instance may still be
  * writing into those blocks. Blocks of a failed call are quarantined for the same reason: held
  * until that instance answers Prefill.Release with idle (it has no write for the call in flight
- * and will refuse the call if it arrives late), asked every RELEASE_ASK_MS; an instance that never
+ * and will refuse the call if it arrives late), asked twice a second (quarantine.c); one that never
  * answers (dead, or cut off) has its blocks back after --quarantine-max-ms, logged as unproven. */
 #include "decode.h"
 
@@ -48,11 +48,10 @@
 #include "kvx.h"
 #include "log.h"
 #include "model.h"
+#include "quarantine.h"
 #include "state.h"
 
 #define IDLE_WAIT_MS       200   /* longest sleep of an idle engine thread (quarantine expiry) */
-#define RELEASE_ASK_MS     500   /* between Prefill.Release calls for quarantined blocks */
-#define RELEASE_TIMEOUT_MS 1000
 #define PREFILL_TRIES_MAX  4     /* prefill instances one request tries at most */
 #define KEEPALIVE_MS       1000  /* an empty message on a stream silent this long (queued, prefilling),
                                     so the gateway can tell a waiting request from a hung instance */
@@ -160,34 +159,8 @@ typedef struct pjob {
     char error[256];
 } pjob_t;
 
-/* Blocks a failed Prefill call may still write into, held out of the pool (a reference each)
- * until its instance proves it will not (Prefill.Release) or --quarantine-max-ms passes. */
-typedef struct qgroup {
-    struct qgroup *next;
-    int32_t *blocks;
-    int n_blocks;
-    char request_id[DUET_STATE_ID_MAX];
-    uint32_t attempt;
-    char prefill_id[DUET_STATE_ID_MAX];
-    char addr[DUET_STATE_ADDR_MAX];
-    int64_t since_ns, until_ns;     /* quarantined at; given back unproven at */
-    int64_t next_ask_ns;
-    bool asking;                    /* a Release call is out */
-} qgroup_t;
-
-/* A Release call on its helper thread; the answer comes back as a command. */
-typedef struct rjob {
-    struct decode *d;
-    pthread_t thread;
-    qgroup_t *group;                /* not touched by the helper thread */
-    char request_id[DUET_STATE_ID_MAX];
-    uint32_t attempt;
-    char addr[DUET_STATE_ADDR_MAX];
-    bool idle;
-    duet_status_t status;
-} rjob_t;
-
-/* Kinds of duet_cmd_t; arg: a dreq_t (NEW), a pjob_t (PREFILL_DONE), an rjob_t (RELEASE_DONE). */
+/* Kinds of duet_cmd_t; arg: a dreq_t (NEW), a pjob_t (PREFILL_DONE), a duet_release_job_t
+ * (RELEASE_DONE). */
 typedef enum { CMD_NEW, CMD_PREFILL_DONE, CMD_RELEASE_DONE, CMD_DRAIN, CMD_STOP } cmd_kind_t;
 
 typedef struct decode {
@@ -234,8 +207,7 @@ typedef struct decode {
     /* Metrics (registered in start, updated by the engine thread). */
     duet_metric_t *m_blocks_free, *m_batch, *m_queue, *m_kv_bytes;
     duet_metrics_outcomes_t outcomes;
-    qgroup_t *quarantine;
-    int n_quarantined;              /* blocks in all groups */
+    duet_quarantine_t *quarantine;  /* blocks of failed Prefill calls */
 } decode_t;
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -609,119 +581,6 @@ static void admit_waiting(decode_t *d)
     }
 }
 
-/* Holds back the blocks of r's failed Prefill call j (a reference each). */
-static void quarantine_blocks(decode_t *d, const dreq_t *r, const pjob_t *j)
-{
-    duet_kv_cache_t *cache = duet_engine_cache(d->engine);
-    qgroup_t *g = calloc(1, sizeof *g);
-    if (g)
-        g->blocks = malloc((size_t)r->n_blocks * sizeof *g->blocks);
-    if (!g || !g->blocks) {
-        free(g);
-        duet_log_error("decode: request %s: cannot hold its blocks back; they are reused at once", r->id);
-        return;
-    }
-    for (int i = 0; i < r->n_blocks; i++) {
-        g->blocks[i] = r->blocks[i];
-        duet_kv_block_ref(cache, r->blocks[i]);
-    }
-    g->n_blocks = r->n_blocks;
-    snprintf(g->request_id, sizeof g->request_id, "%s", j->id);
-    g->attempt = j->attempt;
-    snprintf(g->prefill_id, sizeof g->prefill_id, "%s", j->prefill_id);
-    snprintf(g->addr, sizeof g->addr, "%s", j->addr);
-    g->since_ns = g->next_ask_ns = duet_clock_ns();
-    g->until_ns = g->since_ns + (int64_t)d->conf->quarantine_max_ms * 1000000;
-    g->next = d->quarantine;
-    d->quarantine = g;
-    d->n_quarantined += g->n_blocks;
-}
-
-static void quarantine_free(decode_t *d, qgroup_t *g)
-{
-    duet_kv_cache_t *cache = duet_engine_cache(d->engine);
-    for (qgroup_t **pp = &d->quarantine; *pp; pp = &(*pp)->next)
-        if (*pp == g) {
-            *pp = g->next;
-            break;
-        }
-    for (int i = 0; i < g->n_blocks; i++)
-        duet_kv_block_unref(cache, g->blocks[i]);
-    d->n_quarantined -= g->n_blocks;
-    free(g->blocks);
-    free(g);
-}
-
-static void *release_call_main(void *arg)
-{
-    rjob_t *j = arg;
-    decode_t *d = j->d;
-    Duet__V1__ReleaseRequest req = DUET__V1__RELEASE_REQUEST__INIT;
-    req.request_id = j->request_id;
-    req.attempt = j->attempt;
-    req.decode_instance_id = (char *)duet_service_instance_id(d->svc);
-    duet_rpc_opts_t opts = {.timeout_ms = RELEASE_TIMEOUT_MS};
-    ProtobufCMessage *resp = NULL;
-    j->status = duet_rpc_client_unary(d->client, j->addr, "/duet.v1.Prefill/Release", &req.base,
-                                      &duet__v1__release_response__descriptor, &opts, &resp);
-    if (j->status == DUET_OK) {
-        j->idle = ((const Duet__V1__ReleaseResponse *)resp)->idle;
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
-    push_result(d, CMD_RELEASE_DONE, j);
-    return NULL;
-}
-
-/* Asks each quarantined group's prefill instance whether it is done with the blocks; gives back
- * those past the longest hold. all: give every group back now (shutdown, no call out). */
-static void quarantine_tick(decode_t *d, bool all)
-{
-    int64_t now = duet_clock_ns();
-    for (qgroup_t *g = d->quarantine, *next; g; g = next) {
-        next = g->next;
-        if (all || (!g->asking && now >= g->until_ns)) {
-            if (!all)
-                duet_log_warn("decode: request %s: %d blocks of its failed prefill on %s back in the pool after "
-                              "%.1f s without proof that instance stopped writing", g->request_id, g->n_blocks,
-                              g->prefill_id, (now - g->since_ns) / 1e9);
-            quarantine_free(d, g);
-            continue;
-        }
-        if (g->asking || now < g->next_ask_ns || atomic_load(&d->stopping))
-            continue;
-        rjob_t *j = calloc(1, sizeof *j);
-        if (!j)
-            continue;
-        j->d = d;
-        j->group = g;
-        snprintf(j->request_id, sizeof j->request_id, "%s", g->request_id);
-        j->attempt = g->attempt;
-        snprintf(j->addr, sizeof j->addr, "%s", g->addr);
-        if (pthread_create(&j->thread, NULL, release_call_main, j) != 0) {
-            free(j);
-            continue;
-        }
-        g->asking = true;
-        d->n_helpers++;
-    }
-}
-
-static void release_done(decode_t *d, rjob_t *j)
-{
-    pthread_join(j->thread, NULL);
-    d->n_helpers--;
-    qgroup_t *g = j->group;   /* still quarantined: a group with a call out is never freed */
-    g->asking = false;
-    if (j->status == DUET_OK && j->idle) {
-        duet_log_info("decode: request %s: %s proved it stopped writing; %d blocks back in the pool after %.1f s",
-                      g->request_id, g->prefill_id, g->n_blocks, (duet_clock_ns() - g->since_ns) / 1e9);
-        quarantine_free(d, g);
-    } else {
-        g->next_ask_ns = duet_clock_ns() + (int64_t)RELEASE_ASK_MS * 1000000;
-    }
-    free(j);
-}
-
 /* A live prefill instance other than those r has tried, the least loaded; 0 when none. */
 static int pick_prefill(decode_t *d, const dreq_t *r, char *id, char *addr)
 {
@@ -831,7 +690,7 @@ static void prefill_done(decode_t *d, pjob_t *j)
     /* The prefill side may still be writing (a deadline, a failed flush): hold the blocks back
      * unless it refused before touching them. */
     if (st != DUET_ERR_INVALID)
-        quarantine_blocks(d, r, j);
+        duet_quarantine_hold(d->quarantine, r->blocks, r->n_blocks, j->id, j->attempt, j->prefill_id, j->addr);
     if (!r->stream) {
         pjob_free(j);
         duet_engine_cancel(d->engine, r->seq);
@@ -941,7 +800,8 @@ static void on_command(void *user, duet_cmd_t *c)
         prefill_done(d, c->arg);
         break;
     case CMD_RELEASE_DONE:
-        release_done(d, c->arg);
+        duet_quarantine_answer(d->quarantine, c->arg);
+        d->n_helpers--;
         break;
     case CMD_DRAIN:
         d->draining = true;   /* the thread goes on until CMD_STOP: the server still runs */
@@ -1010,6 +870,11 @@ static void publish_load(decode_t *d, duet_engine_load_t *el)
     duet_metric_set(d->m_batch, el->n_running);
 }
 
+static void post_release(void *user, duet_release_job_t *job)
+{
+    push_result(user, CMD_RELEASE_DONE, job);
+}
+
 /* On the engine thread once it has the engine: what peers need to reach the pool. */
 static duet_status_t on_start(void *user, duet_engine_thread_t *t)
 {
@@ -1017,6 +882,16 @@ static duet_status_t on_start(void *user, duet_engine_thread_t *t)
     d->kvx = duet_engine_thread_kvx(t);
     d->pool = duet_engine_thread_pool(t);
     d->engine = duet_engine_thread_engine(t);
+    duet_quarantine_conf_t qc = {
+        .cache = duet_engine_cache(d->engine),
+        .client = d->client,
+        .decode_id = duet_service_instance_id(d->svc),
+        .max_ms = d->conf->quarantine_max_ms,
+        .post = post_release,
+        .user = d,
+    };
+    if (!(d->quarantine = duet_quarantine_create(&qc)))
+        return DUET_ERR_NOMEM;
     const void *addr, *rkey;
     size_t addr_len, rkey_len;
     duet_kvx_worker_address(d->kvx, &addr, &addr_len);
@@ -1048,8 +923,8 @@ static int on_iteration(void *user)
         scan_cancels(d);
     if (d->stop_seen && d->n_helpers == 0)
         return -1;   /* every stream is finished by now: the server is gone */
-    if (d->quarantine)
-        quarantine_tick(d, false);
+    if (!duet_quarantine_empty(d->quarantine))
+        d->n_helpers += duet_quarantine_tick(d->quarantine, !atomic_load(&d->stopping));
     keepalive(d);
     admit_waiting(d);
     while (duet_kvx_progress(d->kvx))
@@ -1074,7 +949,8 @@ static void on_stop(void *user)
         end_unsubmitted(d, r, DUET_ERR_UNAVAILABLE, "decode instance stopping");
     }
     d->fifo_tail = NULL;
-    quarantine_tick(d, true);
+    duet_quarantine_destroy(d->quarantine);   /* no Release call is out: the thread waited for them */
+    d->quarantine = NULL;
 }
 
 /* ---- the Generate handler (completion-queue threads) -------------------------------------- */
@@ -1160,6 +1036,7 @@ static void decode_free(decode_t *d)
         d->be->destroy(d->be);
     if (d->store)
         duet_state_close(d->store);   /* the engine thread's, which has ended */
+    duet_quarantine_destroy(d->quarantine);   /* set only when the start failed after making it */
     pthread_cond_destroy(&d->drained_cv);
     pthread_mutex_destroy(&d->mu);
     free(d->ucx_addr);
