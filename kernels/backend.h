@@ -66,12 +66,20 @@ typedef struct duet_backend duet_backend_t;
 struct duet_backend {
     const char *name;   /* "cpu-avx2", "cpu-scalar", "cuda" */
     void *ctx;
+    /* 1: alloc's memory is host memory, which the CPU (and so UCX) reads and writes directly;
+     * 0: device memory, reached only through upload and download (or a transport that knows it). */
+    int host_memory;
 
     void *(*alloc)(duet_backend_t *be, size_t bytes);                  /* zeroed; NULL when out of memory */
     void  (*free)(duet_backend_t *be, void *ptr);
     void  (*upload)(duet_backend_t *be, void *dst, const void *host_src, size_t bytes);
     void  (*download)(duet_backend_t *be, void *host_dst, const void *src, size_t bytes);
     void  (*synchronize)(duet_backend_t *be);                           /* optional */
+    /* Optional: page-lock host memory that upload and download will use often (a KV staging
+     * buffer), so copies run at full bus speed without a bounce; unpin undoes it before the
+     * memory is freed. A failed pin is not an error: the copies still work, only slower. */
+    duet_status_t (*pin_host)(duet_backend_t *be, void *host_ptr, size_t bytes);
+    void          (*unpin_host)(duet_backend_t *be, void *host_ptr);
 
     /* Optional: make w->packed (a copy in backend memory or a faster layout). */
     duet_status_t (*prepare_weight)(duet_backend_t *be, duet_weight_t *w);

@@ -24,6 +24,22 @@ target_include_directories(test_emu_ops PRIVATE ${CMAKE_SOURCE_DIR}/lib/engine)
 target_include_directories(test_gpu_ops PRIVATE ${CMAKE_SOURCE_DIR}/lib/engine)
 set_tests_properties(test_gpu_ops test_gpu_forward PROPERTIES SKIP_RETURN_CODE 77)
 
+# The mesh with --device cuda (duet up, real Redis, gRPC and UCX; decode checks every received
+# prompt KV against the prefill's checksum): on the emulated services of emu-bin/ here, on the real
+# ones with a GPU. Serial, like the other meshes.
+set(_mesh_device_sources integration/test_mesh_device.c integration/mesh_harness.c integration/gateway_call.c)
+duet_test(test_mesh_emu LABELS emu SOURCES ${_mesh_device_sources} LIBS duet_rpc duet_state duet_proto
+          ARGS $<TARGET_FILE:duet> emu $<TARGET_FILE_DIR:duet-decode-emu>)
+add_dependencies(test_mesh_emu duet-decode-emu duet-prefill-emu duet-gateway duet-scheduler)
+duet_test(test_mesh_gpu LABELS gpu SOURCES ${_mesh_device_sources} LIBS duet_rpc duet_state duet_proto
+          ARGS $<TARGET_FILE:duet> gpu)
+add_dependencies(test_mesh_gpu duet-decode duet-prefill duet-gateway duet-scheduler)
+if(NOT DUET_HAVE_CUDA)
+  target_compile_definitions(test_mesh_gpu PRIVATE DUET_TEST_NO_CUDA)
+endif()
+set_tests_properties(test_mesh_emu test_mesh_gpu PROPERTIES RUN_SERIAL TRUE TIMEOUT 900)
+set_tests_properties(test_mesh_gpu PROPERTIES SKIP_RETURN_CODE 77)
+
 # The race catch builds its own ThreadSanitizer binary (emulator + test kernels), so it runs in
 # every build; not next to ASan/UBSan (DUET_SANITIZE), whose runtime cannot share a process.
 if(NOT DUET_SANITIZE OR DUET_SANITIZE STREQUAL "thread")

@@ -235,7 +235,8 @@ int duet_cmd_bench(int argc, char **argv)
     int max_tokens = c.n_prompt > c.batch_prompt ? c.n_prompt : c.batch_prompt;
     max_tokens = max_tokens > max_seq ? max_tokens : max_seq;
     int n_blocks = duet_kv_blocks_for(n_ctx) + (n_batches ? max_seq * duet_kv_blocks_for(batch_ctx) : 0);
-    duet_kv_cache_conf_t kc = {m->hp.n_layer, m->hp.n_kv_head, m->hp.head_dim, n_blocks, NULL};
+    duet_kv_cache_conf_t kc = {.n_layer = m->hp.n_layer, .n_kv_head = m->hp.n_kv_head, .head_dim = m->hp.head_dim,
+                               .n_blocks = n_blocks};
     duet_kv_cache_t *cache = NULL;
     duet_forward_t *fwd = NULL;
     int n_tok = n_ctx > max_seq * c.batch_gen ? n_ctx : max_seq * c.batch_gen;

@@ -28,6 +28,8 @@
 
 typedef struct {
     const char *model;
+    const char *device;
+    const char *bin_dir;
     int n_prefill;
     int n_decode;
     int n_mixed;
@@ -45,6 +47,8 @@ typedef struct {
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(up_conf_t, field), def, help}
 static const duet_conf_opt_t up_opts[] = {
     OPT("model", "DUET_MODEL", DUET_CONF_STR, model, NULL, "GGUF model file (default: the cached default model)"),
+    OPT("device", "DUET_DEVICE", DUET_CONF_STR, device, "cpu", "compute device of the prefill, decode and mixed instances: cpu, cuda or cuda:N"),
+    OPT("bin-dir", NULL, DUET_CONF_STR, bin_dir, NULL, "where the service binaries are (default: beside this duet binary)"),
     OPT("prefill", NULL, DUET_CONF_INT, n_prefill, "1", "prefill instances"),
     OPT("decode", NULL, DUET_CONF_INT, n_decode, "1", "decode instances"),
     OPT("mixed", NULL, DUET_CONF_INT, n_mixed, "0", "mixed instances (decode that also prefills: the colocated baseline)"),
@@ -311,7 +315,9 @@ int duet_cmd_up(int argc, char **argv)
 
     static mesh_t mesh;
     mesh_t *m = &mesh;
-    if (bin_dir_of_self(m->bin_dir, sizeof m->bin_dir) != 0) {
+    if (c.bin_dir) {
+        snprintf(m->bin_dir, sizeof m->bin_dir, "%s", c.bin_dir);
+    } else if (bin_dir_of_self(m->bin_dir, sizeof m->bin_dir) != 0) {
         fprintf(stderr, "duet up: cannot find the directory of the duet binary\n");
         return 1;
     }
@@ -374,11 +380,12 @@ int duet_cmd_up(int argc, char **argv)
         for (int i = 0; i < kinds[k].n; i++) {
             char name[32];
             snprintf(name, sizeof name, "%s-%d", kinds[k].role, i);
-            char *argv_i[16];
+            char *argv_i[24];
             int a = 0;
             argv_i[a++] = (char *)kinds[k].bin;
             argv_i[a++] = "--redis", argv_i[a++] = redis_url;
             argv_i[a++] = "--model", argv_i[a++] = (char *)model;
+            argv_i[a++] = "--device", argv_i[a++] = (char *)c.device;
             argv_i[a++] = "--threads", argv_i[a++] = threads_s;
             argv_i[a++] = "--ctx", argv_i[a++] = ctx_s;
             argv_i[a++] = "--log-level", argv_i[a++] = log_level;

@@ -4,10 +4,7 @@
 #include <string.h>
 
 #include "commands.h"
-#include "cpu/cpu_backend.h"
-#ifdef DUET_HAVE_CUDA
-#include "cuda/cuda_backend.h"
-#endif
+#include "device.h"
 
 typedef struct {
     const char *name;
@@ -23,35 +20,16 @@ static const command_t commands[] = {
     {"apikey",   duet_cmd_apikey,   "make an API key and the sha256: entry the gateway is given (--hash: of a key on stdin)"},
 };
 
-/* The backend a --device names: "cpu", or "cuda" / "cuda:N" when this build has the CUDA backend. */
-static duet_status_t open_backend(const char *device, int n_threads, duet_backend_t **be_p)
-{
-    if (!device || strcmp(device, "cpu") == 0) {
-        duet_cpu_conf_t cc = {.n_threads = n_threads, .isa = DUET_CPU_ISA_AUTO};
-        return duet_backend_cpu_create(&cc, be_p);
-    }
-    if (strncmp(device, "cuda", 4) == 0 && (device[4] == '\0' || device[4] == ':')) {
-#ifdef DUET_HAVE_CUDA
-        duet_cuda_conf_t cc = {.device = device[4] == ':' ? atoi(device + 5) : 0};
-        return duet_backend_cuda_create(&cc, be_p);
-#else
-        fprintf(stderr, "duet: this build has no CUDA backend (no nvcc when it was built)\n");
-        return DUET_ERR_UNSUPPORTED;
-#endif
-    }
-    fprintf(stderr, "duet: unknown device '%s' (cpu, cuda, cuda:N)\n", device);
-    return DUET_ERR_INVALID;
-}
-
 int duet_tool_open_model(const char *path, const char *device, int n_threads, duet_backend_t **be_p,
                          duet_model_t **model_p)
 {
     char def[4096], err[512] = "";
     path = duet_model_resolve_path(path, def, sizeof def);
     duet_backend_t *be;
-    duet_status_t st = open_backend(device, n_threads, &be);
+    char why[256];
+    duet_status_t st = duet_device_open(device, n_threads, &be, why, sizeof why);
     if (st != DUET_OK) {
-        fprintf(stderr, "duet: cannot start the %s backend: %s\n", device ? device : "cpu", duet_status_str(st));
+        fprintf(stderr, "duet: %s\n", why);
         return 1;
     }
     duet_model_t *model;

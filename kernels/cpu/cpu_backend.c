@@ -840,6 +840,7 @@ duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_
     cpu->be = (duet_backend_t){
         .name = isa_name(c.isa),
         .ctx = cpu,
+        .host_memory = 1,
         .alloc = cpu_alloc,
         .free = cpu_free,
         .upload = cpu_copy,

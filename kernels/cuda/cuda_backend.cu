@@ -40,9 +40,15 @@ typedef struct {
     duet_cuda_stats_t stats;
 } cuda_backend_t;
 
+/* The backend behind be, with its device made current on the calling thread: the current device
+ * is per thread, and a service creates the backend on one thread and computes on another. */
 static cuda_backend_t *cb(duet_backend_t *be)
 {
-    return (cuda_backend_t *)be;
+    cuda_backend_t *c = (cuda_backend_t *)be;
+    int current;
+    if (cudaGetDevice(&current) != cudaSuccess || current != c->device)
+        cudaSetDevice(c->device);
+    return c;
 }
 
 /* Records and logs the first failure; later ones are consequences and stay quiet. */
@@ -168,6 +174,25 @@ static void cu_synchronize(duet_backend_t *be)
 {
     cuda_backend_t *c = cb(be);
     ok(c, cudaStreamSynchronize(c->stream), "synchronize");
+}
+
+static duet_status_t cu_pin_host(duet_backend_t *be, void *host_ptr, size_t bytes)
+{
+    (void)be;
+    cudaError_t e = cudaHostRegister(host_ptr, bytes, cudaHostRegisterDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();   /* not sticky: the copies work unpinned, so no op should fail for it */
+        duet_log_warn("cuda: cannot pin %zu bytes of host memory (%s); copies through it are slower",
+                      bytes, cudaGetErrorString(e));
+        return DUET_ERR_UNAVAILABLE;
+    }
+    return DUET_OK;
+}
+
+static void cu_unpin_host(duet_backend_t *be, void *host_ptr)
+{
+    (void)be;
+    cudaHostUnregister(host_ptr);
 }
 
 static duet_status_t cu_prepare_weight(duet_backend_t *be, duet_weight_t *w)
@@ -591,6 +616,8 @@ extern "C" duet_status_t duet_backend_cuda_create(const duet_cuda_conf_t *conf, 
     c->be.upload = cu_upload;
     c->be.download = cu_download;
     c->be.synchronize = cu_synchronize;
+    c->be.pin_host = cu_pin_host;
+    c->be.unpin_host = cu_unpin_host;
     c->be.prepare_weight = cu_prepare_weight;
     c->be.release_weight = cu_release_weight;
     c->be.embed = cu_embed;

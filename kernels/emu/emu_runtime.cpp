@@ -24,6 +24,12 @@ cudaError_t cudaSetDevice(int device)
     return device == 0 ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+cudaError_t cudaGetDevice(int *device)
+{
+    *device = 0;
+    return cudaSuccess;
+}
+
 /* A small "GPU", so the heuristics that fill the SMs (decode split-K) engage at test sizes. */
 cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device)
 {
@@ -72,6 +78,16 @@ cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t str
     (void)stream;
     memset(dst, value, bytes);
     return cudaSuccess;
+}
+
+cudaError_t cudaHostRegister(void *ptr, size_t bytes, unsigned int flags)
+{
+    return ptr && bytes > 0 && flags == cudaHostRegisterDefault ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaHostUnregister(void *ptr)
+{
+    return ptr ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t *stream)

@@ -106,6 +106,7 @@ duet_status_t duet_engine_create(duet_model_t *model, const duet_engine_conf_t *
         .head_dim = hp->head_dim,
         .n_blocks = e->conf.n_blocks,
         .external_base = e->conf.pool_memory,
+        .host_mirror = e->conf.kv_mirror,
     };
     duet_status_t st;
     if ((st = duet_kv_cache_create(&kc, model->be, &e->cache)) != DUET_OK ||

@@ -19,6 +19,8 @@ typedef struct {
     int max_batch_tokens;  /* new tokens per step (prompt chunks are cut to fit); 0: 512 */
     int max_seqs;          /* sequences per step; 0: 64 */
     void *pool_memory;     /* KV pool memory (e.g. registered with UCX), zeroed; NULL: the backend's */
+    void *kv_mirror;       /* host memory KV transfers go through when the pool is on a device
+                            * (see kvcache.h host_mirror); NULL: none */
 } duet_engine_conf_t;
 
 typedef struct duet_engine duet_engine_t;

@@ -9,6 +9,7 @@
 
 struct duet_kv_cache {
     duet_kv_pool_view_t view;
+    duet_kv_pool_view_t mirror;   /* base NULL: no host mirror */
     duet_backend_t *be;
     int owns_pool;
     int32_t *free_list;   /* [n_blocks], the first n_free entries are free block ids */
@@ -54,6 +55,8 @@ duet_status_t duet_kv_cache_create(const duet_kv_cache_conf_t *conf, duet_backen
         }
         c->owns_pool = 1;
     }
+    c->mirror = c->view;
+    c->mirror.base = conf->host_mirror;
     c->free_list = malloc((size_t)conf->n_blocks * sizeof *c->free_list);
     c->refcount = calloc((size_t)conf->n_blocks, sizeof *c->refcount);
     c->generation = calloc((size_t)conf->n_blocks, sizeof *c->generation);
@@ -90,6 +93,117 @@ void duet_kv_cache_destroy(duet_kv_cache_t *c)
 }
 
 const duet_kv_pool_view_t *duet_kv_cache_view(const duet_kv_cache_t *c) { return &c->view; }
+const duet_kv_pool_view_t *duet_kv_cache_transfer_view(const duet_kv_cache_t *c)
+{
+    return c->mirror.base ? &c->mirror : &c->view;
+}
+
+/* Bytes of one block across every layer (K and V), and of one (block, layer) pair of slices. */
+static size_t block_bytes(const duet_kv_cache_t *c)
+{
+    return (size_t)c->view.n_layer * 2 * duet_kv_slice_elems(&c->view) * sizeof(uint16_t);
+}
+
+static size_t layer_pair_bytes(const duet_kv_cache_t *c)
+{
+    return 2 * duet_kv_slice_elems(&c->view) * sizeof(uint16_t);
+}
+
+/* Runs of consecutive block ids are one copy each: a sequence's blocks are often adjacent. */
+static int run_length(const int32_t *blocks, int i, int n)
+{
+    int len = 1;
+    while (i + len < n && blocks[i + len] == blocks[i] + len)
+        len++;
+    return len;
+}
+
+duet_status_t duet_kv_cache_stage_out(duet_kv_cache_t *c, const int32_t *blocks, int n, int layer)
+{
+    if (!c->mirror.base) {
+        if (!c->be->host_memory && c->be->synchronize)
+            c->be->synchronize(c->be);
+        return duet_backend_status(c->be, NULL, 0);
+    }
+    uint8_t *dev = (uint8_t *)c->view.base, *host = (uint8_t *)c->mirror.base;
+    size_t bb = block_bytes(c);
+    for (int i = 0; i < n;) {
+        if (layer < 0) {
+            int len = run_length(blocks, i, n);
+            size_t off = (size_t)blocks[i] * bb;
+            c->be->download(c->be, host + off, dev + off, (size_t)len * bb);
+            i += len;
+        } else {
+            size_t off = (size_t)blocks[i] * bb + (size_t)layer * layer_pair_bytes(c);
+            c->be->download(c->be, host + off, dev + off, layer_pair_bytes(c));
+            i++;
+        }
+    }
+    return duet_backend_status(c->be, NULL, 0);
+}
+
+duet_status_t duet_kv_cache_stage_in(duet_kv_cache_t *c, const int32_t *blocks, int n)
+{
+    if (!c->mirror.base)
+        return DUET_OK;
+    uint8_t *dev = (uint8_t *)c->view.base, *host = (uint8_t *)c->mirror.base;
+    size_t bb = block_bytes(c);
+    for (int i = 0; i < n;) {
+        int len = run_length(blocks, i, n);
+        size_t off = (size_t)blocks[i] * bb;
+        c->be->upload(c->be, dev + off, host + off, (size_t)len * bb);
+        i += len;
+    }
+    return duet_backend_status(c->be, NULL, 0);
+}
+
+/* FNV-1a over 64-bit words (a byte tail is folded in on its own), with a shift so high bits
+ * reach low ones; fast enough to run over a whole prompt's KV. */
+static uint64_t checksum_update(uint64_t h, const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 1099511628211ull;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+duet_status_t duet_kv_cache_checksum(duet_kv_cache_t *c, const int32_t *blocks, int n_tokens,
+                                     uint64_t *sum_p)
+{
+    const duet_kv_pool_view_t *v = &c->view;
+    size_t bb = block_bytes(c);
+    size_t head_bytes = (size_t)DUET_KV_BLOCK_TOKENS * (size_t)v->head_dim * sizeof(uint16_t);
+    size_t row_bytes = (size_t)v->head_dim * sizeof(uint16_t);
+    uint8_t *scratch = NULL;
+    if (!c->be->host_memory && !(scratch = malloc(bb)))
+        return DUET_ERR_NOMEM;
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i * DUET_KV_BLOCK_TOKENS < n_tokens; i++) {
+        int rows = n_tokens - i * DUET_KV_BLOCK_TOKENS;
+        if (rows > DUET_KV_BLOCK_TOKENS)
+            rows = DUET_KV_BLOCK_TOKENS;
+        const uint8_t *block = (const uint8_t *)v->base + (size_t)blocks[i] * bb;
+        if (scratch) {
+            c->be->download(c->be, scratch, block, bb);
+            block = scratch;
+        }
+        /* Only the filled rows: the rest of a last block is whatever its previous owner left. */
+        for (size_t slice = 0; slice < (size_t)v->n_layer * 2; slice++)
+            for (int head = 0; head < v->n_kv_head; head++)
+                h = checksum_update(h, block + (slice * (size_t)v->n_kv_head + (size_t)head) * head_bytes,
+                                    (size_t)rows * row_bytes);
+    }
+    free(scratch);
+    *sum_p = h;
+    return duet_backend_status(c->be, NULL, 0);
+}
+
 int duet_kv_cache_n_free(const duet_kv_cache_t *c) { return c->n_free; }
 int duet_kv_cache_n_blocks(const duet_kv_cache_t *c) { return c->view.n_blocks; }
 

@@ -20,6 +20,10 @@ typedef struct {
     /* Memory for the pool, at least duet_kv_cache_pool_bytes(); NULL: allocated from the backend.
      * Decode instances pass memory allocated and registered by UCX. Must be zeroed. */
     void *external_base;
+    /* Host memory of the pool's size and layout that KV moves through when the pool itself is in
+     * device memory the transfer cannot reach (a GPU pool, a UCX without CUDA); NULL: none, the
+     * pool is what transfers read and write. */
+    void *host_mirror;
 } duet_kv_cache_conf_t;
 
 size_t duet_kv_cache_pool_bytes(const duet_kv_cache_conf_t *conf);
@@ -31,6 +35,22 @@ duet_status_t duet_kv_cache_create(const duet_kv_cache_conf_t *conf, duet_backen
 void          duet_kv_cache_destroy(duet_kv_cache_t *cache);
 
 const duet_kv_pool_view_t *duet_kv_cache_view(const duet_kv_cache_t *cache);
+/* The pool as KV transfers see it: the host mirror when there is one, else the pool itself. */
+const duet_kv_pool_view_t *duet_kv_cache_transfer_view(const duet_kv_cache_t *cache);
+
+/* Makes what the backend wrote into blocks[0..n) visible to a transfer that reads the transfer
+ * view: copies the blocks' K and V of one layer (or of every layer when layer < 0) to the mirror,
+ * or, with no mirror, waits until a device backend has finished writing. Returns the backend's
+ * status afterwards (a failed copy is a failed device). */
+duet_status_t duet_kv_cache_stage_out(duet_kv_cache_t *cache, const int32_t *blocks, int n, int layer);
+/* Makes what a transfer wrote into the mirror's blocks[0..n) (every layer) the pool's: copies
+ * them in; nothing to do without a mirror. Returns the backend's status afterwards. */
+duet_status_t duet_kv_cache_stage_in(duet_kv_cache_t *cache, const int32_t *blocks, int n);
+/* A 64-bit checksum of the K and V of positions 0..n_tokens-1 held in blocks (position p in
+ * blocks[p / 16]), read from the pool itself (downloaded from a device): what both ends of a
+ * transfer compute to show the KV a decode step reads is the KV the prefill computed. */
+duet_status_t duet_kv_cache_checksum(duet_kv_cache_t *cache, const int32_t *blocks, int n_tokens,
+                                     uint64_t *sum_p);
 int      duet_kv_cache_n_free(const duet_kv_cache_t *cache);
 int      duet_kv_cache_n_blocks(const duet_kv_cache_t *cache);
 

@@ -100,6 +100,15 @@ void duet_kvx_destroy(duet_kvx_t *kvx)
     free(kvx);
 }
 
+bool duet_kvx_cuda_memory(const duet_kvx_t *kvx)
+{
+    ucp_context_attr_t attr = {.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES};
+    if (ucp_context_query(kvx->ctx, &attr) != UCS_OK) {
+        return false;
+    }
+    return (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+}
+
 void duet_kvx_worker_address(const duet_kvx_t *kvx, const void **bytes_p, size_t *len_p)
 {
     *bytes_p = kvx->addr;

@@ -81,6 +81,14 @@ duet_status_t duet_kvx_pool_create(duet_kvx_t *kvx, size_t bytes, duet_kvx_pool_
  * skip per-call registration. The memory stays the caller's and must outlive the pool. */
 duet_status_t duet_kvx_pool_register(duet_kvx_t *kvx, void *base, size_t bytes,
                                      duet_kvx_pool_t **pool_p);
+/* Whether this UCX moves CUDA device memory itself (built with CUDA support, so cuda_copy /
+ * cuda_ipc / gdr_copy transports exist): asked at run time, since the same binary may meet
+ * either the distribution's libucx (host memory only) or one built with CUDA. */
+bool duet_kvx_cuda_memory(const duet_kvx_t *kvx);
+/* Either side, with duet_kvx_cuda_memory(): registers a KV pool in CUDA device memory in place,
+ * so puts go from one GPU's pool straight into another's. DUET_ERR_UNSUPPORTED without it. */
+duet_status_t duet_kvx_pool_register_cuda(duet_kvx_t *kvx, void *base, size_t bytes,
+                                          duet_kvx_pool_t **pool_p);
 /* Unmaps (and for pool_create, frees) the memory. No peer may still be writing into it. */
 void duet_kvx_pool_destroy(duet_kvx_pool_t *pool);
 void *duet_kvx_pool_base(const duet_kvx_pool_t *pool);

@@ -6,8 +6,10 @@
 #include "kvx_int.h"
 #include "log.h"
 
-/* Maps (allocating when base is NULL), packs the rkey and links the pool into kvx. */
-static duet_status_t pool_map(duet_kvx_t *kvx, void *base, size_t bytes, duet_kvx_pool_t **pool_p)
+/* Maps (allocating when base is NULL), packs the rkey and links the pool into kvx. cuda: base is
+ * CUDA device memory. */
+static duet_status_t pool_map(duet_kvx_t *kvx, void *base, size_t bytes, bool cuda,
+                              duet_kvx_pool_t **pool_p)
 {
     duet_status_t status;
     ucs_status_t st;
@@ -30,9 +32,16 @@ static duet_status_t pool_map(duet_kvx_t *kvx, void *base, size_t bytes, duet_kv
          * (posix shm); malloc'd memory only gets emulated puts that need this side's progress. */
         .flags = base ? 0 : UCP_MEM_MAP_ALLOCATE,
     };
+    if (cuda) {
+        /* Said, not detected: UCX's own detection needs its CUDA memory hooks, which a process
+         * that allocated before ucp_init may have bypassed. */
+        params.field_mask |= UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+        params.memory_type = UCS_MEMORY_TYPE_CUDA;
+    }
     st = ucp_mem_map(kvx->ctx, &params, &pool->memh);
     if (st != UCS_OK) {
-        duet_log_error("kvx: registering a %zu-byte pool failed: %s", bytes, ucs_status_string(st));
+        duet_log_error("kvx: registering a %zu-byte %spool failed: %s", bytes, cuda ? "CUDA " : "",
+                       ucs_status_string(st));
         status = st == UCS_ERR_NO_MEMORY ? DUET_ERR_NOMEM : DUET_ERR_UNAVAILABLE;
         goto err_free_pool;
     }
@@ -67,7 +76,7 @@ err_free_pool:
 duet_status_t duet_kvx_pool_create(duet_kvx_t *kvx, size_t bytes, duet_kvx_pool_t **pool_p)
 {
     duet_kvx_pool_t *pool;
-    duet_status_t status = pool_map(kvx, NULL, bytes, &pool);
+    duet_status_t status = pool_map(kvx, NULL, bytes, false, &pool);
     if (status != DUET_OK) {
         return status;
     }
@@ -84,7 +93,20 @@ duet_status_t duet_kvx_pool_register(duet_kvx_t *kvx, void *base, size_t bytes,
     if (!base) {
         return DUET_ERR_INVALID;
     }
-    return pool_map(kvx, base, bytes, pool_p);
+    return pool_map(kvx, base, bytes, false, pool_p);
+}
+
+duet_status_t duet_kvx_pool_register_cuda(duet_kvx_t *kvx, void *base, size_t bytes,
+                                          duet_kvx_pool_t **pool_p)
+{
+    if (!base) {
+        return DUET_ERR_INVALID;
+    }
+    if (!duet_kvx_cuda_memory(kvx)) {
+        duet_log_error("kvx: this UCX cannot move CUDA memory (it was built without CUDA support)");
+        return DUET_ERR_UNSUPPORTED;
+    }
+    return pool_map(kvx, base, bytes, true, pool_p);
 }
 
 void duet_kvx_pool_destroy(duet_kvx_pool_t *pool)

@@ -30,6 +30,8 @@ struct duet_engine_thread {
     duet_kvx_t *kvx;
     duet_kvx_pool_t *pool;
     size_t pool_bytes;
+    duet_kv_path_t kv_path;
+    void *pinned;                  /* the mirror, when the backend pinned it */
     duet_engine_t *engine;
     int epfd;
 };
@@ -38,6 +40,27 @@ duet_engine_t *duet_engine_thread_engine(const duet_engine_thread_t *t) { return
 duet_kvx_t *duet_engine_thread_kvx(const duet_engine_thread_t *t) { return t->kvx; }
 duet_kvx_pool_t *duet_engine_thread_pool(const duet_engine_thread_t *t) { return t->pool; }
 size_t duet_engine_thread_pool_bytes(const duet_engine_thread_t *t) { return t->pool_bytes; }
+duet_kv_path_t duet_engine_thread_kv_path(const duet_engine_thread_t *t) { return t->kv_path; }
+
+const char *duet_kv_path_str(duet_kv_path_t path)
+{
+    switch (path) {
+    case DUET_KV_PATH_HOST:   return "host memory, transfers in place";
+    case DUET_KV_PATH_DEVICE: return "device memory, transfers GPU to GPU by UCX";
+    case DUET_KV_PATH_STAGED: return "device memory, transfers through a host mirror";
+    }
+    return "unknown";
+}
+
+duet_status_t duet_kv_transfer_parse(const char *service, const char *value, bool *staged_p)
+{
+    if (strcmp(value, "auto") == 0 || strcmp(value, "staged") == 0) {
+        *staged_p = value[0] == 's';
+        return DUET_OK;
+    }
+    duet_log_error("%s: --kv-transfer: '%s' is neither auto nor staged", service, value);
+    return DUET_ERR_INVALID;
+}
 
 static duet_status_t setup(duet_engine_thread_t *t)
 {
@@ -50,19 +73,46 @@ static duet_status_t setup(duet_engine_thread_t *t)
         duet_log_error("%s: cannot start UCX: %s", c->name, duet_status_str(st));
         return st;
     }
-    /* The pool is allocated by UCX, so puts into it (or from it) need no registration per call. */
     duet_engine_conf_t ec = c->engine;
+    duet_backend_t *be = c->model->be;
     t->pool_bytes = duet_engine_pool_bytes(c->model, &ec);
-    if ((st = duet_kvx_pool_create(t->kvx, t->pool_bytes, &t->pool)) != DUET_OK) {
-        duet_log_error("%s: cannot allocate a %zu-byte KV pool with UCX: %s", c->name, t->pool_bytes,
-                       duet_status_str(st));
-        return st;
+    if (be->host_memory)
+        t->kv_path = DUET_KV_PATH_HOST;
+    else if (!c->kv_staged && duet_kvx_cuda_memory(t->kvx))
+        t->kv_path = DUET_KV_PATH_DEVICE;
+    else
+        t->kv_path = DUET_KV_PATH_STAGED;
+    if (t->kv_path != DUET_KV_PATH_DEVICE) {
+        /* Allocated by UCX (the pool itself, or the device pool's mirror), so puts into it or from
+         * it need no registration per call and run at shared-memory speed on one host. */
+        if ((st = duet_kvx_pool_create(t->kvx, t->pool_bytes, &t->pool)) != DUET_OK) {
+            duet_log_error("%s: cannot allocate a %zu-byte KV %s with UCX: %s", c->name, t->pool_bytes,
+                           t->kv_path == DUET_KV_PATH_HOST ? "pool" : "staging mirror", duet_status_str(st));
+            return st;
+        }
+        void *base = duet_kvx_pool_base(t->pool);
+        if (t->kv_path == DUET_KV_PATH_HOST) {
+            ec.pool_memory = base;
+        } else {
+            ec.kv_mirror = base;
+            if (be->pin_host && be->pin_host(be, base, t->pool_bytes) == DUET_OK)
+                t->pinned = base;
+        }
     }
-    ec.pool_memory = duet_kvx_pool_base(t->pool);
     if ((st = duet_engine_create(c->model, &ec, &t->engine)) != DUET_OK) {
         duet_log_error("%s: cannot create the engine: %s", c->name, duet_status_str(st));
         return st;
     }
+    if (t->kv_path == DUET_KV_PATH_DEVICE) {
+        void *base = duet_kv_cache_view(duet_engine_cache(t->engine))->base;
+        if ((st = duet_kvx_pool_register_cuda(t->kvx, base, t->pool_bytes, &t->pool)) != DUET_OK) {
+            duet_log_error("%s: cannot register the %zu-byte GPU KV pool with UCX: %s (--kv-transfer "
+                           "staged avoids this)", c->name, t->pool_bytes, duet_status_str(st));
+            return st;
+        }
+    }
+    duet_log_info("%s: KV pool of %.1f MiB on %s: %s", c->name, t->pool_bytes / 1048576.0, be->name,
+                  duet_kv_path_str(t->kv_path));
     t->epfd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event e1 = {.events = EPOLLIN, .data.fd = t->efd};
     struct epoll_event e2 = {.events = EPOLLIN, .data.fd = duet_kvx_event_fd(t->kvx)};
@@ -76,8 +126,19 @@ static duet_status_t setup(duet_engine_thread_t *t)
 
 static void teardown(duet_engine_thread_t *t)
 {
+    /* A registered GPU pool is unregistered before the engine frees it; a host pool or mirror
+     * outlives the engine that uses it. */
+    if (t->kv_path == DUET_KV_PATH_DEVICE && t->pool) {
+        duet_kvx_pool_destroy(t->pool);
+        t->pool = NULL;
+    }
     if (t->engine)
         duet_engine_destroy(t->engine);
+    if (t->pinned) {
+        duet_backend_t *be = t->conf.model->be;
+        be->unpin_host(be, t->pinned);
+        t->pinned = NULL;
+    }
     if (t->pool)
         duet_kvx_pool_destroy(t->pool);
     if (t->kvx)

@@ -5,6 +5,8 @@
 #ifndef DUET_SERVICE_ENGINE_THREAD_H
 #define DUET_SERVICE_ENGINE_THREAD_H
 
+#include <stdbool.h>
+
 #include "engine.h"
 #include "kvx.h"
 #include "model.h"
@@ -19,11 +21,25 @@ typedef struct duet_cmd {
 
 typedef struct duet_engine_thread duet_engine_thread_t;
 
+/* Where the KV pool lives and how transfers reach it; chosen at start from the model's backend and
+ * what the UCX in use can move. */
+typedef enum {
+    DUET_KV_PATH_HOST = 0,  /* a host backend: the pool is UCX-allocated memory, read and written in place */
+    DUET_KV_PATH_DEVICE,    /* a device pool registered with a UCX built with CUDA: GPU to GPU */
+    DUET_KV_PATH_STAGED,    /* a device pool, UCX without CUDA: KV goes through a pinned host mirror */
+} duet_kv_path_t;
+
+const char *duet_kv_path_str(duet_kv_path_t path);
+/* A service's --kv-transfer value: "auto" (false) or "staged" (true); DUET_ERR_INVALID otherwise,
+ * with the reason logged under the service's name. */
+duet_status_t duet_kv_transfer_parse(const char *service, const char *value, bool *staged_p);
+
 typedef struct {
     const char *name;              /* "decode", "prefill": log prefix and the UCX worker's name */
     duet_model_t *model;
-    duet_engine_conf_t engine;     /* pool_memory is set to the UCX pool */
+    duet_engine_conf_t engine;     /* pool_memory or kv_mirror is set to the UCX pool */
     duet_kvx_err_mode_t err_mode;
+    bool kv_staged;                /* a device pool goes through the host mirror even when UCX has CUDA */
     int idle_ms;                   /* the longest sleep of an idle thread */
     void *user;
     /* On the thread once the engine exists; non-OK fails the start. Optional. */
@@ -51,7 +67,9 @@ void          duet_engine_thread_join(duet_engine_thread_t *t);
 /* Owned by the thread; for its hooks, and read-only facts for others after the start. */
 duet_engine_t   *duet_engine_thread_engine(const duet_engine_thread_t *t);
 duet_kvx_t      *duet_engine_thread_kvx(const duet_engine_thread_t *t);
+/* The memory transfers use (the pool, or its host mirror on the STAGED path), registered. */
 duet_kvx_pool_t *duet_engine_thread_pool(const duet_engine_thread_t *t);
 size_t           duet_engine_thread_pool_bytes(const duet_engine_thread_t *t);
+duet_kv_path_t   duet_engine_thread_kv_path(const duet_engine_thread_t *t);
 
 #endif

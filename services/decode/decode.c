@@ -39,8 +39,8 @@
 #include <unistd.h>
 
 #include "clock.h"
-#include "cpu/cpu_backend.h"
 #include "decode_request.h"
+#include "device.h"
 #include "duet/v1/decode.pb-c.h"
 #include "duet/v1/prefill.pb-c.h"
 #include "engine.h"
@@ -61,6 +61,7 @@
 typedef struct {
     duet_service_common_t common;   /* first: the runtime's options */
     const char *model;
+    const char *device;
     int threads;
     int ctx;
     int kv_blocks;
@@ -71,13 +72,16 @@ typedef struct {
     int prefill_timeout_ms;
     int prefill_retries;
     int quarantine_max_ms;
+    const char *kv_transfer;
+    int kv_verify;
 } decode_conf_t;
 
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(decode_conf_t, field), def, help}
 static const duet_conf_opt_t decode_opts[] = {
     OPT("model", "DUET_MODEL", DUET_CONF_STR, model, NULL,
         "GGUF model file (default: ~/.cache/duet/models/" DUET_DEFAULT_MODEL_FILE ")"),
-    OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "1", "compute threads"),
+    OPT("device", "DUET_DEVICE", DUET_CONF_STR, device, "cpu", "compute device: cpu, cuda or cuda:N"),
+    OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "1", "compute threads (cpu)"),
     OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "context length (prompt + output); at most the model's"),
     OPT("kv-blocks", "DUET_KV_BLOCKS", DUET_CONF_INT, kv_blocks, "0",
         "KV pool size in 16-token blocks (0: max-seqs requests of ctx/4 tokens each)"),
@@ -94,6 +98,10 @@ static const duet_conf_opt_t decode_opts[] = {
         "other prefill instances tried after a Prefill call fails, before prefilling locally (at most 3)"),
     OPT("quarantine-max-ms", "DUET_QUARANTINE_MAX_MS", DUET_CONF_INT, quarantine_max_ms, "60000",
         "blocks of a failed Prefill call come back when its instance proves it stopped writing, or after this long"),
+    OPT("kv-transfer", "DUET_KV_TRANSFER", DUET_CONF_STR, kv_transfer, "auto",
+        "with a GPU pool: auto (GPU to GPU when UCX has CUDA, else through host memory) or staged (always through host memory)"),
+    OPT("kv-verify", "DUET_KV_VERIFY", DUET_CONF_BOOL, kv_verify, "false",
+        "check each received prompt KV against the prefill's checksum (reads it back: costs time)"),
 };
 #undef OPT
 
@@ -156,6 +164,8 @@ typedef struct pjob {
     duet_status_t status;
     int32_t first_token;
     uint64_t kv_bytes;
+    uint64_t kv_checksum;
+    bool has_kv_checksum;
     char error[256];
 } pjob_t;
 
@@ -206,6 +216,7 @@ typedef struct decode {
 
     /* Metrics (registered in start, updated by the engine thread). */
     duet_metric_t *m_blocks_free, *m_batch, *m_queue, *m_kv_bytes;
+    duet_metric_t *m_kv_verified, *m_kv_mismatch;   /* --kv-verify outcomes */
     duet_metrics_outcomes_t outcomes;
     duet_quarantine_t *quarantine;  /* blocks of failed Prefill calls */
 } decode_t;
@@ -455,6 +466,37 @@ static void submit_local(decode_t *d, dreq_t *r)
     req_move(d, r, DUET_REQ_PREFILLING, NULL);
 }
 
+/* The prefill's KV is in our blocks (or in their host mirror): move it into the pool the engine
+ * reads, and with --kv-verify check it against the prefill's checksum. */
+static duet_status_t kv_arrived(decode_t *d, dreq_t *r, pjob_t *j)
+{
+    duet_kv_cache_t *cache = duet_engine_cache(d->engine);
+    duet_status_t st = duet_kv_cache_stage_in(cache, r->blocks, r->n_blocks);
+    if (st != DUET_OK) {
+        snprintf(j->error, sizeof j->error, "copying its KV into the device pool failed: %s", duet_status_str(st));
+        return st;
+    }
+    if (!d->conf->kv_verify)
+        return DUET_OK;
+    if (!j->has_kv_checksum) {
+        snprintf(j->error, sizeof j->error, "--kv-verify: the prefill instance sent no KV checksum");
+        return DUET_ERR_UNSUPPORTED;
+    }
+    uint64_t sum;
+    if ((st = duet_kv_cache_checksum(cache, r->blocks, r->n_prompt, &sum)) != DUET_OK) {
+        snprintf(j->error, sizeof j->error, "reading back its KV failed: %s", duet_status_str(st));
+        return st;
+    }
+    if (sum != j->kv_checksum) {
+        duet_metric_add(d->m_kv_mismatch, 1);
+        snprintf(j->error, sizeof j->error, "the KV in our pool (checksum %016llx) is not what prefill computed (%016llx)",
+                 (unsigned long long)sum, (unsigned long long)j->kv_checksum);
+        return DUET_ERR_FORMAT;
+    }
+    duet_metric_add(d->m_kv_verified, 1);
+    return DUET_OK;
+}
+
 static void *prefill_call_main(void *arg)
 {
     pjob_t *j = arg;
@@ -490,6 +532,7 @@ static void *prefill_call_main(void *arg)
     req.token_ids = j->tokens;
     req.sampling = &sp;
     req.kv_target = &kt;
+    req.want_kv_checksum = d->conf->kv_verify;
     duet_rpc_opts_t opts = {.timeout_ms = d->conf->prefill_timeout_ms, .error = j->error,
                             .error_size = sizeof j->error};
     ProtobufCMessage *resp = NULL;
@@ -499,6 +542,8 @@ static void *prefill_call_main(void *arg)
         const Duet__V1__PrefillResponse *pr = (const Duet__V1__PrefillResponse *)resp;
         j->first_token = pr->first_token > INT32_MAX ? -1 : (int32_t)pr->first_token;
         j->kv_bytes = pr->kv_bytes;
+        j->kv_checksum = pr->kv_checksum;
+        j->has_kv_checksum = pr->has_kv_checksum;
         protobuf_c_message_free_unpacked(resp, NULL);
     }
     push_result(d, CMD_PREFILL_DONE, j);
@@ -670,6 +715,8 @@ static void prefill_done(decode_t *d, pjob_t *j)
         } else if (j->first_token < 0 || j->first_token >= d->n_vocab) {
             st = DUET_ERR_FORMAT;
             snprintf(j->error, sizeof j->error, "first token %d is not in the vocabulary", j->first_token);
+        } else {
+            st = kv_arrived(d, r, j);
         }
     }
     if (st == DUET_OK) {
@@ -1066,6 +1113,9 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
         duet_log_error("decode: --ucx-err-mode: '%s' is neither none nor peer", c->ucx_err_mode);
         return DUET_ERR_INVALID;
     }
+    bool kv_staged;
+    if (duet_kv_transfer_parse("decode", c->kv_transfer, &kv_staged) != DUET_OK)
+        return DUET_ERR_INVALID;
     if (c->max_seqs < 32 || c->threads < 1 || c->ctx < 16 || c->max_batch_tokens < c->max_seqs ||
         c->kv_blocks < 0 || c->prefill_timeout_ms < 1 || c->prefill_retries < 0 ||
         c->prefill_retries > PREFILL_TRIES_MAX - 1 || c->quarantine_max_ms < 1) {
@@ -1087,6 +1137,10 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
                                         duet_metrics_latency_buckets, duet_metrics_n_latency_buckets);
     d->m_kv_bytes = duet_metrics_counter(m, "duet_kv_transfer_bytes_total",
                                          "KV-cache bytes received from prefill instances.", NULL);
+    d->m_kv_verified = duet_metrics_counter(m, "duet_kv_verify_total", "Received prompt KV checked against the prefill's checksum (--kv-verify).",
+                                            "result=\"ok\"");
+    d->m_kv_mismatch = duet_metrics_counter(m, "duet_kv_verify_total", "Received prompt KV checked against the prefill's checksum (--kv-verify).",
+                                            "result=\"mismatch\"");
     duet_metrics_outcomes_init(&d->outcomes, m);
     d->role = role;
     d->err_mode = err_mode;
@@ -1096,8 +1150,8 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
     duet_status_t st;
     char path_buf[4096], err[512] = "";
     const char *path = duet_model_resolve_path(c->model, path_buf, sizeof path_buf);
-    if ((st = duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = c->threads}, &d->be)) != DUET_OK) {
-        duet_log_error("decode: cannot start the CPU backend: %s", duet_status_str(st));
+    if ((st = duet_device_open(c->device, c->threads, &d->be, err, sizeof err)) != DUET_OK) {
+        duet_log_error("decode: --device %s: %s", c->device, err);
         goto err_free;
     }
     if ((st = duet_model_load(path, d->be, &d->model, err, sizeof err)) != DUET_OK) {
@@ -1123,6 +1177,7 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
         .engine = {.n_ctx = d->n_ctx, .n_blocks = d->n_blocks, .max_batch_tokens = c->max_batch_tokens,
                    .max_seqs = c->max_seqs},
         .err_mode = err_mode,
+        .kv_staged = kv_staged,
         .idle_ms = IDLE_WAIT_MS,
         .user = d,
         .on_start = on_start,

@@ -33,7 +33,7 @@
 #include <unistd.h>
 
 #include "clock.h"
-#include "cpu/cpu_backend.h"
+#include "device.h"
 #include "duet/v1/prefill.pb-c.h"
 #include "engine.h"
 #include "engine_thread.h"
@@ -53,6 +53,7 @@
 typedef struct {
     duet_service_common_t common;   /* first: the runtime's options */
     const char *model;
+    const char *device;
     int threads;
     int ctx;
     int max_batch_tokens;
@@ -60,13 +61,15 @@ typedef struct {
     const char *ucx_err_mode;
     int flush_timeout_ms;
     const char *kv_send;
+    const char *kv_transfer;
 } prefill_conf_t;
 
 #define OPT(flag, env, type, field, def, help) {flag, env, type, offsetof(prefill_conf_t, field), def, help}
 static const duet_conf_opt_t prefill_opts[] = {
     OPT("model", "DUET_MODEL", DUET_CONF_STR, model, NULL,
         "GGUF model file (default: ~/.cache/duet/models/" DUET_DEFAULT_MODEL_FILE ")"),
-    OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "1", "compute threads"),
+    OPT("device", "DUET_DEVICE", DUET_CONF_STR, device, "cpu", "compute device: cpu, cuda or cuda:N"),
+    OPT("threads", "DUET_THREADS", DUET_CONF_INT, threads, "1", "compute threads (cpu)"),
     OPT("ctx", "DUET_CTX", DUET_CONF_INT, ctx, "2048", "longest prompt + 1; at most the model's context"),
     OPT("max-batch-tokens", "DUET_MAX_BATCH_TOKENS", DUET_CONF_INT, max_batch_tokens, "512",
         "prompt tokens per step (longer prompts are chunked)"),
@@ -78,6 +81,8 @@ static const duet_conf_opt_t prefill_opts[] = {
         "longest wait for a decode instance to confirm a request's KV"),
     OPT("kv-send", "DUET_KV_SEND", DUET_CONF_STR, kv_send, "layer",
         "when KV goes to decode: layer (each layer as it is computed) or prompt (after the last layer)"),
+    OPT("kv-transfer", "DUET_KV_TRANSFER", DUET_CONF_STR, kv_transfer, "auto",
+        "with a GPU pool: auto (GPU to GPU when UCX has CUDA, else through host memory) or staged (always through host memory)"),
 };
 #undef OPT
 
@@ -124,6 +129,7 @@ typedef struct preq {
     uint64_t kv_bytes;
     duet_status_t fail;             /* set when sending failed before the flush */
     bool logged;                    /* that failure is already in the log */
+    bool want_checksum;             /* decode asked for kv_checksum */
     int64_t t_arrival, t_submit, t_first;
     bool prepared;                  /* peer and source blocks taken for the send */
 } preq_t;
@@ -290,14 +296,17 @@ static peer_t *peer_get(prefill_t *p, const preq_t *r)
  * of the last partial block only the filled rows of each head. Adds the bytes to r->kv_bytes. */
 static duet_status_t post_layer(prefill_t *p, preq_t *r, int layer)
 {
-    const duet_kv_pool_view_t *view = duet_kv_cache_view(duet_engine_cache(p->engine));
+    duet_kv_cache_t *cache = duet_engine_cache(p->engine);
+    duet_status_t st = duet_kv_cache_stage_out(cache, r->src, r->n_src, layer);
+    if (st != DUET_OK)
+        return st;
+    const duet_kv_pool_view_t *view = duet_kv_cache_transfer_view(cache);
     int n = r->n_tokens;
     int full = n / DUET_KV_BLOCK_TOKENS, rows = n % DUET_KV_BLOCK_TOKENS;
     size_t slice_bytes = duet_kv_slice_elems(view) * sizeof(uint16_t);
     size_t block_bytes = (size_t)view->n_layer * 2 * slice_bytes;
     size_t head_bytes = (size_t)DUET_KV_BLOCK_TOKENS * (size_t)view->head_dim * sizeof(uint16_t);
     size_t row_bytes = (size_t)view->head_dim * sizeof(uint16_t);
-    duet_status_t st;
     if (full > 0) {
         if ((st = duet_kvx_put_layer(r->peer->kp, view, layer, (const uint32_t *)r->src, r->dst, full)) != DUET_OK)
             return st;
@@ -322,7 +331,11 @@ static duet_status_t post_layer(prefill_t *p, preq_t *r, int layer)
  * the last partial block row range by row range. The bytes posted go to *bytes_p. */
 static duet_status_t post_kv(prefill_t *p, preq_t *r, const duet_kv_seq_t *kv, uint64_t *bytes_p)
 {
-    const duet_kv_pool_view_t *view = duet_kv_cache_view(duet_engine_cache(p->engine));
+    duet_kv_cache_t *cache = duet_engine_cache(p->engine);
+    duet_status_t st = duet_kv_cache_stage_out(cache, kv->blocks, r->n_dst, -1);
+    if (st != DUET_OK)
+        return st;
+    const duet_kv_pool_view_t *view = duet_kv_cache_transfer_view(cache);
     int n = r->n_tokens;
     int full = n / DUET_KV_BLOCK_TOKENS, rows = n % DUET_KV_BLOCK_TOKENS;
     size_t slice_bytes = duet_kv_slice_elems(view) * sizeof(uint16_t);     /* one (layer, K|V) */
@@ -330,7 +343,6 @@ static duet_status_t post_kv(prefill_t *p, preq_t *r, const duet_kv_seq_t *kv, u
     size_t head_bytes = (size_t)DUET_KV_BLOCK_TOKENS * (size_t)view->head_dim * sizeof(uint16_t);
     size_t row_bytes = (size_t)view->head_dim * sizeof(uint16_t);
     uint64_t bytes = 0;
-    duet_status_t st;
     if (full > 0) {
         uint32_t *src = malloc((size_t)full * sizeof *src);
         if (!src)
@@ -507,6 +519,11 @@ static void flush_sent(prefill_t *p)
         next = r->next;
         if (r->phase != PHASE_SENT || r->seq)
             continue;   /* not sent yet (a sent request has always been finished by the engine) */
+        uint64_t checksum = 0;
+        if (r->fail == DUET_OK && r->want_checksum &&
+            (r->fail = duet_kv_cache_checksum(cache, r->src, r->n_tokens, &checksum)) != DUET_OK)
+            duet_log_error("prefill: request %s: cannot read back its KV for the checksum: %s", r->id,
+                           duet_status_str(r->fail));
         for (int i = 0; i < r->n_src; i++)
             duet_kv_block_unref(cache, r->src[i]);
         r->n_src = 0;
@@ -526,6 +543,8 @@ static void flush_sent(prefill_t *p)
         resp.first_token = (uint32_t)r->first_token;
         resp.kv_bytes = r->kv_bytes;
         resp.timings = &tm;
+        resp.kv_checksum = checksum;
+        resp.has_kv_checksum = r->want_checksum;
         duet_status_t st = duet_rpc_call_reply(r->call, &resp.base);
         /* The transfer's share that compute did not hide: from the last chunk to the flush. */
         duet_metric_observe(p->m_transfer, (now - r->t_first) / 1e9);
@@ -728,6 +747,7 @@ static duet_status_t prefill_call(duet_rpc_call_t *call, const ProtobufCMessage 
     for (int i = 0; i < r->n_tokens; i++)
         r->tokens[i] = (int32_t)q->token_ids[i];
     r->sampling = sampling;
+    r->want_checksum = q->want_kv_checksum;
     snprintf(r->decode_id, sizeof r->decode_id, "%s", t->decode_instance_id);
     memcpy(r->addr, t->ucx_worker_address.data, t->ucx_worker_address.len);
     r->addr_len = t->ucx_worker_address.len;
@@ -799,6 +819,9 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
         duet_log_error("prefill: --kv-send: '%s' is neither layer nor prompt", c->kv_send);
         return DUET_ERR_INVALID;
     }
+    bool kv_staged;
+    if (duet_kv_transfer_parse("prefill", c->kv_transfer, &kv_staged) != DUET_OK)
+        return DUET_ERR_INVALID;
     if (c->threads < 1 || c->ctx < 16 || c->max_batch_tokens < 16 || c->kv_blocks < 0 ||
         c->flush_timeout_ms < 1) {
         duet_log_error("prefill: need --threads >= 1, --ctx >= 16, --max-batch-tokens >= 16, "
@@ -828,8 +851,8 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
     duet_status_t st;
     char path_buf[4096], err[512] = "";
     const char *path = duet_model_resolve_path(c->model, path_buf, sizeof path_buf);
-    if ((st = duet_backend_cpu_create(&(duet_cpu_conf_t){.n_threads = c->threads}, &p->be)) != DUET_OK) {
-        duet_log_error("prefill: cannot start the CPU backend: %s", duet_status_str(st));
+    if ((st = duet_device_open(c->device, c->threads, &p->be, err, sizeof err)) != DUET_OK) {
+        duet_log_error("prefill: --device %s: %s", c->device, err);
         goto err_free;
     }
     if ((st = duet_model_load(path, p->be, &p->model, err, sizeof err)) != DUET_OK) {
@@ -849,6 +872,7 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
         .engine = {.n_ctx = p->n_ctx, .n_blocks = p->n_blocks, .max_batch_tokens = c->max_batch_tokens,
                    .max_seqs = 64},
         .err_mode = err_mode,
+        .kv_staged = kv_staged,
         .idle_ms = IDLE_WAIT_MS,
         .user = p,
         .on_start = on_start,

@@ -98,7 +98,8 @@ static void compare_logits(const char *path, const char *what, duet_backend_t *c
             CHECK_MSG(0, "cannot load %s: %s", path, err);
             goto out;
         }
-        duet_kv_cache_conf_t kc = {m[b]->hp.n_layer, m[b]->hp.n_kv_head, m[b]->hp.head_dim, 24, NULL};
+        duet_kv_cache_conf_t kc = {.n_layer = m[b]->hp.n_layer, .n_kv_head = m[b]->hp.n_kv_head, .head_dim = m[b]->hp.head_dim,
+                                   .n_blocks = 24};
         CHECK_EQ_INT(duet_kv_cache_create(&kc, bes[b], &cache[b]), DUET_OK);
         CHECK_EQ_INT(duet_forward_create(m[b], cache[b], 64, 2, &fwd[b]), DUET_OK);
     }

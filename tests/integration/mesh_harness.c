@@ -137,3 +137,48 @@ int mesh_decode_free_blocks(duet_state_t *store)
     duet_state_inst_list_free(insts);
     return total;
 }
+
+/* GET /metrics on 127.0.0.1:port; the body (malloc'd) or NULL. */
+char *mesh_metrics_get(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return NULL;
+    }
+    const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    ssize_t n;
+    while (buf && (n = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)n;
+        if (cap - len < 4096)
+            buf = realloc(buf, cap *= 2);
+    }
+    close(fd);
+    if (!buf)
+        return NULL;
+    buf[len] = '\0';
+    char *body = strstr(buf, "\r\n\r\n");
+    if (!strstr(buf, " 200 ") || !body) {
+        free(buf);
+        return NULL;
+    }
+    memmove(buf, body + 4, strlen(body + 4) + 1);
+    return buf;
+}
+
+double mesh_metric_value(const char *text, const char *sample)
+{
+    size_t n = strlen(sample);
+    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, sample, n) == 0 && line[n] == ' ')
+            return strtod(line + n + 1, NULL);
+    return -1;
+}

@@ -36,4 +36,11 @@ int mesh_sanitizer_reports(const char *run_dir);
  * heartbeats report them; -1 while Redis does not answer. */
 int mesh_decode_free_blocks(duet_state_t *store);
 
+/* GET /metrics on 127.0.0.1:port: the body (malloc'd), or NULL when the service does not answer
+ * 200. */
+char *mesh_metrics_get(int port);
+/* The value of one sample of a Prometheus text body, named with its labels exactly as the service
+ * writes them (duet_kv_verify_total{result="ok"}); -1 when it is not there. */
+double mesh_metric_value(const char *text, const char *sample);
+
 #endif

@@ -283,42 +283,6 @@ static void test_wrong_api_key(void)
 
 /* ---- metrics ----------------------------------------------------------------------------------- */
 
-/* GET /metrics on 127.0.0.1:port; the body (malloc'd) or NULL. */
-static char *scrape(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return NULL;
-    }
-    const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
-        close(fd);
-        return NULL;
-    }
-    size_t cap = 65536, len = 0;
-    char *buf = malloc(cap);
-    ssize_t n;
-    while (buf && (n = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)n;
-        if (cap - len < 4096)
-            buf = realloc(buf, cap *= 2);
-    }
-    close(fd);
-    if (!buf)
-        return NULL;
-    buf[len] = '\0';
-    char *body = strstr(buf, "\r\n\r\n");
-    if (!strstr(buf, " 200 ") || !body) {
-        free(buf);
-        return NULL;
-    }
-    memmove(buf, body + 4, strlen(body + 4) + 1);
-    return buf;
-}
-
 #define MAX_SAMPLES 512
 typedef struct {
     char name[512];     /* the sample's name with its labels */
@@ -435,7 +399,7 @@ static void check_metrics(int round)
         int port = metrics_port_of(k);
         if (!port)
             continue;
-        char *text = scrape(port);
+        char *text = mesh_metrics_get(port);
         CHECK_MSG(text != NULL, "%s: no /metrics on port %d", expected_metrics[k].service, port);
         if (!text)
             continue;

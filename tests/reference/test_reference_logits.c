@@ -116,8 +116,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot open %s\n", argv[2]);
         return 1;
     }
-    duet_kv_cache_conf_t kc = {m->hp.n_layer, m->hp.n_kv_head, m->hp.head_dim,
-                               duet_kv_blocks_for(MAX_PROMPT + MAX_STEPS), NULL};
+    duet_kv_cache_conf_t kc = {.n_layer = m->hp.n_layer, .n_kv_head = m->hp.n_kv_head, .head_dim = m->hp.head_dim,
+                               .n_blocks = duet_kv_blocks_for(MAX_PROMPT + MAX_STEPS)};
     duet_kv_cache_t *cache;
     duet_forward_t *fwd;
     CHECK_EQ_INT(duet_kv_cache_create(&kc, be, &cache), DUET_OK);

@@ -160,7 +160,8 @@ static void test_remote_prefill_matches_local(void)
     run_alone(prompt, PROMPT, &alone);
 
     /* The "prefill instance": its own cache, blocks laid out differently from the decode side. */
-    duet_kv_cache_conf_t kc = {model->hp.n_layer, model->hp.n_kv_head, model->hp.head_dim, 16, NULL};
+    duet_kv_cache_conf_t kc = {.n_layer = model->hp.n_layer, .n_kv_head = model->hp.n_kv_head, .head_dim = model->hp.head_dim,
+                               .n_blocks = 16};
     duet_kv_cache_t *pcache;
     CHECK_EQ_INT(duet_kv_cache_create(&kc, model->be, &pcache), DUET_OK);
     int32_t dummy;
