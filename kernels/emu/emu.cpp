@@ -20,10 +20,10 @@
 #include <map>
 #include <mutex>
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
+thread_local DUET_EMU_CONSTINIT uint3 threadIdx;
+thread_local DUET_EMU_CONSTINIT uint3 blockIdx;
+thread_local DUET_EMU_CONSTINIT dim3 blockDim;
+thread_local DUET_EMU_CONSTINIT dim3 gridDim;
 
 namespace {
 

@@ -40,14 +40,23 @@ struct uint3 {
 
 struct dim3 {
     unsigned x, y, z;
-    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+/* Constant-initialized: without it GCC reaches an extern thread_local through a wrapper function
+ * (in case its definition runs a constructor), and its UndefinedBehaviorSanitizer reports every
+ * access through that wrapper as a member access within a null pointer. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define DUET_EMU_CONSTINIT __constinit
+#else
+#define DUET_EMU_CONSTINIT
+#endif
+
 /* Per emulated thread, set by the launcher before the kernel body runs. */
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
+extern thread_local DUET_EMU_CONSTINIT uint3 threadIdx;
+extern thread_local DUET_EMU_CONSTINIT uint3 blockIdx;
+extern thread_local DUET_EMU_CONSTINIT dim3 blockDim;
+extern thread_local DUET_EMU_CONSTINIT dim3 gridDim;
 
 /* Runs fn for every thread of every block of the grid and returns when all are done: blocks one
  * after another, the threads of a block as OS threads. smem bytes of dynamic shared memory, at

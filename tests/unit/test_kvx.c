@@ -293,6 +293,21 @@ static void test_pool_create_zeroed_and_published(void)
     CHECK(duet_kvx_event_fd(kvx) >= 0);
 }
 
+/* Whether UCX moves CUDA memory is asked of the library at run time; where it cannot (the
+ * distribution's UCX has no CUDA transports), registering a "GPU pool" is refused with a status,
+ * so a service falls back to the host mirror instead of crashing in UCX. */
+static void test_cuda_memory_detected_at_run_time(void)
+{
+    bool cuda = duet_kvx_cuda_memory(kvx);
+    fprintf(stderr, "  this UCX %s CUDA memory\n", cuda ? "moves" : "does not move");
+    if (!cuda) {
+        duet_kvx_pool_t *pool = NULL;
+        CHECK_EQ_INT(duet_kvx_pool_register_cuda(kvx, src_mem, 4096, &pool), DUET_ERR_UNSUPPORTED);
+        CHECK(pool == NULL);
+    }
+    CHECK_EQ_INT(duet_kvx_pool_register_cuda(kvx, NULL, 4096, &(duet_kvx_pool_t *){NULL}), DUET_ERR_INVALID);
+}
+
 static void test_put_scattered_layers_and_blocks(void)
 {
     duet_kv_pool_view_t src = view_of(src_mem);
@@ -463,6 +478,7 @@ int main(void)
     CHECK_EQ_INT(duet_kvx_create(&conf, &kvx), DUET_OK);
     if (kvx && src_mem) {
         RUN_TEST(test_pool_create_zeroed_and_published);
+        RUN_TEST(test_cuda_memory_detected_at_run_time);
         RUN_TEST(test_put_scattered_layers_and_blocks);
         RUN_TEST(test_throughput_64mib);
         RUN_TEST(test_flush_to_killed_peer_fails_in_time);
