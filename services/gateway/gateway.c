@@ -42,6 +42,7 @@
 #include "request.h"
 #include "service.h"
 #include "state.h"
+#include "text.h"
 #include "tokenizer.h"
 
 #define PENDING_MAX_MSGS   256    /* queued messages to a slow client before the worker waits */
@@ -162,91 +163,6 @@ static int64_t mono_ms(void)
 static const char *str_or_empty(const char *s)
 {
     return s ? s : "";
-}
-
-/* A growable byte buffer; the text is kept NUL-terminated. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-} buf_t;
-
-static int buf_append(buf_t *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-/* Drops the first n bytes. */
-static void buf_consume(buf_t *b, size_t n)
-{
-    if (n == 0)
-        return;
-    memmove(b->p, b->p + n, b->len - n);
-    b->len -= n;
-    if (b->p)
-        b->p[b->len] = '\0';
-}
-
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 if none starts there. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else
-        return 0;
-    if (len > n || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
-}
-
-/* A token's bytes as a proto string: valid UTF-8 is kept, each other byte becomes "\xNN". */
-static char *escape_piece(const char *bytes, size_t n)
-{
-    char *out = malloc(n * 4 + 1), *o = out;
-    if (!out)
-        return NULL;
-    const unsigned char *s = (const unsigned char *)bytes;
-    for (size_t i = 0; i < n;) {
-        size_t len = utf8_seq(s + i, n - i);
-        if (len) {
-            memcpy(o, s + i, len);
-            o += len;
-            i += len;
-        } else {
-            o += sprintf(o, "\\x%02X", s[i]);
-            i++;
-        }
-    }
-    *o = '\0';
-    return out;
 }
 
 /* DUET_OK when no keys are configured or the call carries one of them (its index in *key_p, -1
@@ -466,39 +382,16 @@ static duet_status_t route(gw_t *gw, slot_t *s, uint32_t attempt, uint32_t n_gen
 
 /* ---- the relay ------------------------------------------------------------------------------ */
 
-/* Where text may be released: a full match of a stop string cuts the text (*matched_p = 1); else
- * every byte before the earliest suffix that could still grow into a stop string is safe. */
-static size_t stop_scan(const Duet__V1__GenerateRequest *req, const buf_t *text, int *matched_p)
+/* Where the held-back text may be released (text.h), with the request's stop strings. */
+static size_t stop_scan(const Duet__V1__GenerateRequest *req, const duet_text_buf_t *text, int *matched_p)
 {
     const Duet__V1__StopParams *sp = req->stop;
-    size_t n_stop = sp ? sp->n_stop : 0;
-    size_t cut = text->len;
-    *matched_p = 0;
-    if (n_stop == 0 || text->len == 0)
-        return cut;
-    for (size_t k = 0; k < n_stop; k++) {
-        const char *m = memmem(text->p, text->len, sp->stop[k], strlen(sp->stop[k]));
-        if (m && (size_t)(m - text->p) <= cut) {
-            cut = (size_t)(m - text->p);
-            *matched_p = 1;
-        }
-    }
-    if (*matched_p)
-        return cut;
-    for (size_t i = 0; i < text->len; i++) {
-        size_t tail = text->len - i;
-        for (size_t k = 0; k < n_stop; k++) {
-            size_t sl = strlen(sp->stop[k]);
-            if (tail < sl && memcmp(text->p + i, sp->stop[k], tail) == 0)
-                return i;
-        }
-    }
-    return cut;
+    return duet_text_stop_scan(sp ? sp->stop : NULL, sp ? sp->n_stop : 0, text->p, text->len, matched_p);
 }
 
 typedef struct {
-    buf_t text;            /* detokenized, not yet released (held back for stop strings) */
-    buf_t all;             /* Complete: everything released */
+    duet_text_buf_t text;  /* detokenized, not yet released (held back for stop strings) */
+    duet_text_buf_t all;   /* Complete: everything released */
     uint32_t *ids;         /* Complete: every token; Generate: this step's */
     size_t n_ids, cap_ids;
     duet_detok_t detok;
@@ -562,7 +455,7 @@ static duet_status_t send_step(slot_t *s, relay_t *r, size_t n, Duet__V1__Finish
     duet_status_t status = duet_rpc_stream_write(s->call, &m.base);
     if (r->text.p)
         r->text.p[n] = save;
-    buf_consume(&r->text, n);
+    duet_text_buf_consume(&r->text, n);
     r->n_ids = 0;
     while (status == DUET_OK && duet_rpc_stream_pending(s->call) > PENDING_MAX_MSGS &&
            !duet_rpc_stream_cancelled(s->call)) {
@@ -578,9 +471,9 @@ static duet_status_t release(slot_t *s, relay_t *r, size_t n, Duet__V1__FinishRe
 {
     if (!s->unary)
         return send_step(s, r, n, finish, usage);
-    if (buf_append(&r->all, r->text.p ? r->text.p : "", n) != 0)
+    if (duet_text_buf_append(&r->all, r->text.p ? r->text.p : "", n) != 0)
         return DUET_ERR_NOMEM;
-    buf_consume(&r->text, n);
+    duet_text_buf_consume(&r->text, n);
     return DUET_OK;
 }
 
@@ -655,7 +548,7 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
             char piece[DUET_DETOK_MAX_PIECE];
             size_t len = duet_detok_push(&r->detok, gw->tok, (int32_t)dm->token_ids[i], 0, piece);
             r->n_generated++;
-            if (buf_append(&r->text, piece, len) != 0)
+            if (duet_text_buf_append(&r->text, piece, len) != 0)
                 status = DUET_ERR_NOMEM;
         }
         if (dm->n_token_ids) {
@@ -714,7 +607,7 @@ static duet_status_t relay(gw_t *gw, slot_t *s, const Duet__V1__RouteResponse *r
     if (!cut_by_stop) {
         char tail[8];
         size_t n = duet_detok_flush(&r->detok, tail);
-        if (buf_append(&r->text, tail, n) != 0) {
+        if (duet_text_buf_append(&r->text, tail, n) != 0) {
             snprintf(err, err_cap, "gateway: out of memory");
             return DUET_ERR_NOMEM;
         }
@@ -861,8 +754,8 @@ out:
     for (size_t i = 0; i < n_exclude; i++)
         free(exclude[i]);
     free(exclude);
-    free(r.text.p);
-    free(r.all.p);
+    duet_text_buf_free(&r.text);
+    duet_text_buf_free(&r.all);
     free(r.ids);
     free(r.gen);
 }
@@ -1112,7 +1005,7 @@ static duet_status_t on_tokenize(duet_rpc_call_t *call, const ProtobufCMessage *
             b = 0;
         if ((size_t)b > sizeof bytes)
             b = (int)sizeof bytes;
-        if (!(pieces[i] = escape_piece(bytes, (size_t)b)))
+        if (!(pieces[i] = duet_text_escape(bytes, (size_t)b)))
             status = DUET_ERR_NOMEM;
     }
     if (status == DUET_OK) {
