@@ -116,6 +116,7 @@ typedef struct {
     int64_t deadline_ms;                    /* monotonic ms; INT64_MAX: none */
     int64_t t_begin_ns, t_first_ns, t_last_ns;  /* monotonic: accepted, first and last token */
     uint32_t n_out;                         /* tokens relayed */
+    int64_t retry_after_ms;                 /* the scheduler's hint with RESOURCE_EXHAUSTED; -1: none */
 } slot_t;
 
 struct gw {
@@ -353,7 +354,8 @@ static duet_status_t route(gw_t *gw, slot_t *s, uint32_t attempt, uint32_t n_gen
     rq.n_exclude_instances = n_exclude;
     rq.exclude_instances = exclude;
     char msg[MSG_MAX] = "";
-    duet_rpc_opts_t opts = {.timeout_ms = timeout, .error = msg, .error_size = sizeof msg};
+    duet_rpc_opts_t opts = {.timeout_ms = timeout, .error = msg, .error_size = sizeof msg,
+                            .retry_after_ms = &s->retry_after_ms};
     ProtobufCMessage *resp = NULL;
     status = duet_rpc_client_unary(gw->client, addr, "/duet.v1.Scheduler/Route", &rq.base,
                                    &duet__v1__route_response__descriptor, &opts, &resp);
@@ -366,6 +368,11 @@ static duet_status_t route(gw_t *gw, slot_t *s, uint32_t attempt, uint32_t n_gen
         protobuf_c_message_free_unpacked(resp, NULL);
         snprintf(err, err_cap, "scheduler at %s returned no decode instance", addr);
         return DUET_ERR_UNAVAILABLE;
+    }
+    if (status == DUET_ERR_EXHAUSTED && s->retry_after_ms >= 0) {
+        snprintf(err, err_cap, "%s; retry after %lld ms", msg[0] ? msg : duet_status_str(status),
+                 (long long)s->retry_after_ms);
+        return status;
     }
     if (status == DUET_ERR_EXHAUSTED || status == DUET_ERR_UNAVAILABLE) {
         snprintf(err, err_cap, "%s", msg[0] ? msg : duet_status_str(status));
@@ -643,6 +650,8 @@ static void finish_call(slot_t *s, duet_status_t status, const char *msg)
     pthread_mutex_lock(&s->mu);
     s->call = NULL;
     pthread_mutex_unlock(&s->mu);
+    if (status == DUET_ERR_EXHAUSTED && s->retry_after_ms >= 0)   /* passed on from the scheduler */
+        duet_rpc_call_set_retry_after(call, s->retry_after_ms);
     if (s->unary)
         duet_rpc_call_finish(call, status, msg && *msg ? "%s" : NULL, msg);
     else
@@ -932,6 +941,7 @@ static duet_status_t begin(gw_t *gw, duet_rpc_call_t *call, const Duet__V1__Gene
     s->t_begin_ns = duet_clock_ns();
     s->t_first_ns = s->t_last_ns = 0;
     s->n_out = 0;
+    s->retry_after_ms = -1;
     memcpy(s->id, tmp.id, sizeof s->id);
     s->prompt = tmp.prompt;
     s->n_prompt = tmp.n_prompt;

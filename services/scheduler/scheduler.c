@@ -24,6 +24,7 @@ typedef struct {
     int workers;              /* worker threads, each with one Redis connection */
     int redis_timeout_ms;     /* per Redis command */
     int queue_max;            /* calls waiting for a worker before RESOURCE_EXHAUSTED */
+    int busy_retry_ms;        /* the retry-after-ms hint of a RESOURCE_EXHAUSTED answer */
 } sched_conf_t;
 
 #define OPT(flag, env, type, field, def, help) \
@@ -32,6 +33,8 @@ static const duet_conf_opt_t sched_opts[] = {
     OPT("workers", "DUET_SCHED_WORKERS", DUET_CONF_INT, workers, "4", "worker threads (each holds one Redis connection)"),
     OPT("redis-timeout-ms", "DUET_REDIS_TIMEOUT_MS", DUET_CONF_INT, redis_timeout_ms, "500", "timeout of one Redis command"),
     OPT("queue-max", "DUET_SCHED_QUEUE_MAX", DUET_CONF_INT, queue_max, "1024", "calls waiting for a worker before RESOURCE_EXHAUSTED"),
+    OPT("busy-retry-ms", "DUET_BUSY_RETRY_MS", DUET_CONF_INT, busy_retry_ms, "500",
+        "retry-after-ms hint sent with RESOURCE_EXHAUSTED (queue full, or no decode instance with free KV blocks)"),
 };
 #undef OPT
 
@@ -102,6 +105,8 @@ static void do_route(sched_t *s, duet_state_t **store, duet_rpc_call_t *call,
         duet_log_debug("scheduler: request %s: %s", rid, msg);   /* the gateway logs it once */
         duet_state_inst_list_free(insts);
         duet_metrics_outcome(&s->routes, status);
+        if (status == DUET_ERR_EXHAUSTED)   /* blocks free up as running requests finish */
+            duet_rpc_call_set_retry_after(call, s->conf->busy_retry_ms);
         duet_rpc_call_finish(call, status, "%s", msg);
         return;
     }
@@ -224,6 +229,7 @@ static duet_status_t enqueue(sched_t *s, job_kind_t kind, duet_rpc_call_t *call,
         pthread_mutex_unlock(&s->mu);
         free(j);
         duet_rpc_call_set_error(call, "scheduler: %d calls already waiting", s->conf->queue_max);
+        duet_rpc_call_set_retry_after(call, s->conf->busy_retry_ms);
         return DUET_ERR_EXHAUSTED;
     }
     duet_rpc_call_defer(call);

@@ -7,6 +7,8 @@
  *   - a prompt over --max-prompt-tokens gets RESOURCE_EXHAUSTED without a retry hint;
  *   - over --max-streams, over --max-queued and over --rate-limit, RESOURCE_EXHAUSTED with a
  *     retry-after-ms trailer and the same number in the message;
+ *   - a RESOURCE_EXHAUSTED from the scheduler (no decode instance has the blocks) reaches the
+ *     client with the scheduler's retry-after-ms;
  *   - with --tls-cert/--tls-key/--tls-ca/--tls-client-auth (certificates made by the openssl CLI)
  *     the gateway answers only TLS clients that present a certificate of the CA, and its own call
  *     to a scheduler that requires client certificates goes through (mutual TLS both ways).
@@ -40,6 +42,10 @@ static duet_rpc_client_t *client;
 
 /* ---- the stand-in scheduler: Route waits until cancelled -------------------------------------- */
 
+/* Requests for this many tokens are refused at once, as a full cluster would, with this hint. */
+#define EXHAUSTED_MAX_TOKENS 3
+#define SCHED_RETRY_MS       1234
+
 static atomic_int routes_seen;
 
 static void route_cancelled(void *arg)
@@ -50,6 +56,11 @@ static void route_cancelled(void *arg)
 static duet_status_t route(duet_rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     atomic_fetch_add(&routes_seen, 1);
+    if (((const Duet__V1__RouteRequest *)request)->max_tokens == EXHAUSTED_MAX_TOKENS) {
+        duet_rpc_call_set_error(call, "no decode instance has 2 free KV blocks");
+        duet_rpc_call_set_retry_after(call, SCHED_RETRY_MS);
+        return DUET_ERR_EXHAUSTED;
+    }
     duet_rpc_call_defer(call);
     duet_rpc_stream_on_cancel(call, route_cancelled, call);
     return DUET_OK;
@@ -187,7 +198,7 @@ static result_t tokenize(const char *addr, const char *key)
     return tokenize_via(client, addr, key);
 }
 
-static result_t complete(const char *addr, const char *key, const char *prompt)
+static result_t complete_n(const char *addr, const char *key, const char *prompt, uint32_t max_tokens)
 {
     result_t r = { 0 };
     char bearer[128];
@@ -197,7 +208,7 @@ static result_t complete(const char *addr, const char *key, const char *prompt)
                              .error = r.error, .error_size = sizeof r.error, .retry_after_ms = &r.retry_after };
     Duet__V1__GenerateRequest req = DUET__V1__GENERATE_REQUEST__INIT;
     Duet__V1__StopParams stop_p = DUET__V1__STOP_PARAMS__INIT;
-    stop_p.max_tokens = 4;
+    stop_p.max_tokens = max_tokens;
     req.prompt = (char *)prompt;
     req.stop = &stop_p;
     ProtobufCMessage *msg = NULL;
@@ -206,6 +217,11 @@ static result_t complete(const char *addr, const char *key, const char *prompt)
     if (msg)
         protobuf_c_message_free_unpacked(msg, NULL);
     return r;
+}
+
+static result_t complete(const char *addr, const char *key, const char *prompt)
+{
+    return complete_n(addr, key, prompt, 4);
 }
 
 /* Opens a Generate that the stand-in scheduler holds; returns once the gateway has asked it. */
@@ -287,6 +303,14 @@ static void test_keys_and_streams(const char *sched_addr)
     CHECK_EQ_INT(r.status, DUET_ERR_EXHAUSTED);
     CHECK_STR_CONTAINS(r.error, "--max-prompt-tokens");
     CHECK_EQ_INT(r.retry_after, -1);
+
+    /* The scheduler refuses (a full cluster): its hint reaches the client. */
+    r = complete_n(g.addr, KEY_HASHED, "Hi", EXHAUSTED_MAX_TOKENS);
+    CHECK_EQ_INT(r.status, DUET_ERR_EXHAUSTED);
+    CHECK_EQ_INT(r.retry_after, SCHED_RETRY_MS);
+    CHECK_STR_CONTAINS(r.error, "free KV blocks");
+    CHECK_STR_CONTAINS(r.error, "retry after 1234 ms");
+    fprintf(stderr, "  scheduler full: \"%s\", retry-after-ms %lld\n", r.error, (long long)r.retry_after);
 
     /* --max-streams 1: one held request, the next one is refused with the hint. */
     duet_rpc_client_stream_t *held = hold_one(g.addr, KEY_PLAIN);
