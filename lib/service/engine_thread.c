@@ -40,7 +40,6 @@ duet_engine_t *duet_engine_thread_engine(const duet_engine_thread_t *t) { return
 duet_kvx_t *duet_engine_thread_kvx(const duet_engine_thread_t *t) { return t->kvx; }
 duet_kvx_pool_t *duet_engine_thread_pool(const duet_engine_thread_t *t) { return t->pool; }
 size_t duet_engine_thread_pool_bytes(const duet_engine_thread_t *t) { return t->pool_bytes; }
-duet_kv_path_t duet_engine_thread_kv_path(const duet_engine_thread_t *t) { return t->kv_path; }
 
 const char *duet_kv_path_str(duet_kv_path_t path)
 {

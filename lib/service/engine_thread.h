@@ -70,6 +70,5 @@ duet_kvx_t      *duet_engine_thread_kvx(const duet_engine_thread_t *t);
 /* The memory transfers use (the pool, or its host mirror on the STAGED path), registered. */
 duet_kvx_pool_t *duet_engine_thread_pool(const duet_engine_thread_t *t);
 size_t           duet_engine_thread_pool_bytes(const duet_engine_thread_t *t);
-duet_kv_path_t   duet_engine_thread_kv_path(const duet_engine_thread_t *t);
 
 #endif
