@@ -31,13 +31,17 @@ set(_mesh_device_sources integration/test_mesh_device.c integration/mesh_harness
 duet_test(test_mesh_emu LABELS emu SOURCES ${_mesh_device_sources} LIBS duet_rpc duet_state duet_proto
           ARGS $<TARGET_FILE:duet> emu $<TARGET_FILE_DIR:duet-decode-emu>)
 add_dependencies(test_mesh_emu duet-decode-emu duet-prefill-emu duet-gateway duet-scheduler)
+# The same with prefill sending each prompt's KV after its last layer (whole blocks) instead of
+# layer by layer: the other staging path.
+add_test(NAME test_mesh_emu_prompt COMMAND test_mesh_emu $<TARGET_FILE:duet> emu $<TARGET_FILE_DIR:duet-decode-emu>)
+set_tests_properties(test_mesh_emu_prompt PROPERTIES LABELS emu ENVIRONMENT "DUET_KV_SEND=prompt")
 duet_test(test_mesh_gpu LABELS gpu SOURCES ${_mesh_device_sources} LIBS duet_rpc duet_state duet_proto
           ARGS $<TARGET_FILE:duet> gpu)
 add_dependencies(test_mesh_gpu duet-decode duet-prefill duet-gateway duet-scheduler)
 if(NOT DUET_HAVE_CUDA)
   target_compile_definitions(test_mesh_gpu PRIVATE DUET_TEST_NO_CUDA)
 endif()
-set_tests_properties(test_mesh_emu test_mesh_gpu PROPERTIES RUN_SERIAL TRUE TIMEOUT 900)
+set_tests_properties(test_mesh_emu test_mesh_emu_prompt test_mesh_gpu PROPERTIES RUN_SERIAL TRUE TIMEOUT 900)
 set_tests_properties(test_mesh_gpu PROPERTIES SKIP_RETURN_CODE 77)
 
 # The race catch builds its own ThreadSanitizer binary (emulator + test kernels), so it runs in

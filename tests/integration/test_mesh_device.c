@@ -4,7 +4,8 @@
  * back from the decode's device pool and checked against the checksum the prefill computed over
  * its own: a missed copy or a wrong offset anywhere on the way fails the count of verified
  * transfers, whatever the tokens look like. The streams must also give in-process greedy text.
- *   emu: the services built against kernels/emu (emu-bin/), a small random model; runs anywhere.
+ *   emu: the services built against kernels/emu (emu-bin/), a small random model; runs anywhere
+ *        (ctest runs it twice: prefill sending layer by layer, and DUET_KV_SEND=prompt).
  *   gpu: the real services on a GPU; exit 77 (skipped) without a usable CUDA device or backend.
  * usage: test_mesh_device DUET_BINARY emu EMU_BIN_DIR | DUET_BINARY gpu */
 #include <limits.h>
