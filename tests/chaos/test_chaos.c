@@ -243,6 +243,8 @@ static void decode_fault(int sig)
     const char *extra[] = {"--prefill", "1", "--decode", "2", NULL};
     if (start_mesh(extra) != 0) {
         CHECK_MSG(0, "mesh did not start");
+        for (int i = 0; i < N_STREAMS; i++)
+            free(expected[i]);
         return;
     }
     stream_t s[N_STREAMS];
@@ -428,6 +430,8 @@ static void test_redis_restart(void)
         CHECK_MSG(0, "mesh did not start");
         kill(redis, SIGKILL);
         waitpid(redis, NULL, 0);
+        for (int i = 0; i < N_STREAMS; i++)
+            free(expected[i]);
         return;
     }
     stream_t s[N_STREAMS];
