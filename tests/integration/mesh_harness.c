@@ -13,16 +13,32 @@
 
 #include "clock.h"
 
-int mesh_free_port(void)
+/* Whether a loopback TCP port can be bound right now. */
+static int port_free(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    int port = ntohs(a.sin_port);
-    close(fd);
-    return port;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* Below Linux's ephemeral range (32768 and up), so no outgoing connection takes one of the ports
+ * duet up numbers after the gateway's (metrics) between this check and their bind. */
+int mesh_free_port(void)
+{
+    unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)duet_clock_ns();
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        int port = 20000 + (int)(rand_r(&seed) % 12000);
+        int run = 0;
+        while (run < MESH_PORT_RUN && port_free(port + run))
+            run++;
+        if (run == MESH_PORT_RUN)
+            return port;
+    }
+    return 0;
 }
 
 pid_t mesh_start(const char *duet_bin, const char *model, int port, const char *run_dir,

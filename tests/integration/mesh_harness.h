@@ -7,7 +7,11 @@
 
 #include "state.h"
 
-/* A loopback TCP port that was free a moment ago. */
+/* Ports a mesh takes from the one its gateway listens on: the gateway's, then one metrics port
+ * per process (duet up numbers them after the gateway's). */
+#define MESH_PORT_RUN 16
+
+/* A loopback TCP port that was free a moment ago, with the MESH_PORT_RUN - 1 after it. */
 int mesh_free_port(void);
 
 /* Runs `duet up --model MODEL --port PORT --run-dir RUN_DIR --ctx 1024` plus extra (a NULL-ended
