@@ -500,8 +500,14 @@ int main(int argc, char **argv)
     CHECK_EQ_INT(duet_rpc_client_create(&client), DUET_OK);
     /* Short fault timeouts so each scenario ends in seconds; the services read them from the
      * environment duet up passes on. */
-    /* kv_timeout: the stopped instance's call times out; the retry must fit in the same limit. */
-    setenv("DUET_PREFILL_TIMEOUT_MS", strcmp(scenario, "kv_timeout") == 0 ? "6000" : "30000", 1);
+    /* kv_timeout: the stopped instance's call times out; the retry must fit in the same limit,
+     * and a prompt's prefill takes several times as long under AddressSanitizer. */
+#ifdef __SANITIZE_ADDRESS__
+    const char *kv_timeout_ms = "24000";
+#else
+    const char *kv_timeout_ms = "6000";
+#endif
+    setenv("DUET_PREFILL_TIMEOUT_MS", strcmp(scenario, "kv_timeout") == 0 ? kv_timeout_ms : "30000", 1);
     /* decode_hang: the stopped instance is noticed this fast; elsewhere the default, so that a
      * loaded machine's slow keepalives are not taken for a hung instance. */
     setenv("DUET_DECODE_IDLE_TIMEOUT_MS", strcmp(scenario, "decode_hang") == 0 ? "3000" : "10000", 1);
