@@ -295,7 +295,7 @@ static void qmatmul_worker(void *arg)
     int b, e;
     while (claim_next(&t->quant, &b, &e)) {
         for (int i = b; i < e; i++)
-            qact(t->x + (size_t)i * p->cols, p->cols, act + (size_t)i * arb);
+            qact(t->x + (size_t)i * p->cols, p->cols, duet_cpu_packed_zero(p), act + (size_t)i * arb);
         atomic_fetch_add_explicit(&t->quantized, e - b, memory_order_release);
     }
     for (int spins = 0; atomic_load_explicit(&t->quantized, memory_order_acquire) < t->quant.n;)
@@ -332,7 +332,8 @@ static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *
             size_t arb = duet_qact_row_bytes(p->cols, p->act_vb);
             duet_cpu_qact_fn qact = p->act_vb == 1 ? cpu->qact8 : cpu->qact;
             for (int i = 0; i < n; i++)
-                qact(x + (size_t)i * p->cols, p->cols, (uint8_t *)cpu->act + (size_t)i * arb);
+                qact(x + (size_t)i * p->cols, p->cols, duet_cpu_packed_zero(p),
+                     (uint8_t *)cpu->act + (size_t)i * arb);
         }
         claim_init(be, &q.quant, by_caller ? 0 : n, 1);
         atomic_init(&q.quantized, 0);
@@ -497,8 +498,11 @@ static void cpu_kv_write(duet_backend_t *be, const duet_kv_pool_view_t *pool, in
  * per query row the running max m, the running sum l and the unnormalized output acc
  * (FlashAttention-2's online softmax): a block that raises the max rescales l and acc by
  * exp(m_old - m_new) first. Each block's K and V are converted to f32 once for all the unit's
- * rows, so the heads of a GQA group (and the tokens of a prefill tile) share that work. Prefill tiles several tokens per unit;
- * decode one token, so many sequences spread over the threads. */
+ * rows, so the heads of a GQA group (and the tokens of a prefill tile) share that work. Prefill
+ * tiles several tokens per unit; decode one token, so many sequences spread over the threads.
+ * Where the ops table has attn_rows (AVX-512), a unit is one call to it, which keeps every row's
+ * result independent of the unit, so prefill and decode agree bit for bit; otherwise the unit is
+ * built here from the row kernels. */
 
 typedef struct {
     const duet_cpu_ops_t *ops;
@@ -520,11 +524,44 @@ static int attn_seq_tiles(const attn_task_t *t, int s)
     return (n_new + t->tokens_per_unit - 1) / t->tokens_per_unit;
 }
 
+_Static_assert(ATTN_UNIT_ROWS <= DUET_CPU_ATTN_MAX_ROWS, "a unit's rows must fit one attn_rows call");
+
+/* attn_unit through the ops table's attn_rows (ops.h), for ISAs that have one: the rows token by
+ * token, the heads of each token in order. */
+static void attn_unit_rows(const attn_task_t *t, int s, int tok0, int ntok, int kvh, int h0, int nh)
+{
+    const duet_attn_batch_t *bt = t->batch;
+    int hd = t->pool->head_dim;
+    int first = bt->tok_start[s];
+    int first_pos = bt->kv_len[s] - (bt->tok_start[s + 1] - first);
+    int head0 = kvh * t->group + h0;
+    const float *q[ATTN_UNIT_ROWS];
+    float *out[ATTN_UNIT_ROWS];
+    int32_t last[ATTN_UNIT_ROWS];
+    int n = 0;
+    for (int ti = 0; ti < ntok; ti++)
+        for (int hh = 0; hh < nh; hh++, n++) {
+            size_t row = ((size_t)(first + tok0 + ti) * t->n_head + head0 + hh) * hd;
+            q[n] = t->q + row;
+            out[n] = t->out + row;
+            last[n] = first_pos + tok0 + ti;
+        }
+    duet_cpu_attn_rows_t a = {
+        .n_rows = n, .q = q, .out = out, .last = last, .pool = t->pool, .layer = t->layer,
+        .kv_head = kvh, .blocks = bt->block_table + (size_t)s * bt->max_blocks, .scale = t->scale,
+    };
+    t->ops->attn_rows(&a);
+}
+
 /* Query rows of tokens tok0 .. tok0+ntok-1 of sequence s (indices within the sequence's new
  * tokens) and heads h0 .. h0+nh-1 of KV head kvh's group; ntok * nh <= ATTN_UNIT_ROWS. */
 static void attn_unit(const attn_task_t *t, int s, int tok0, int ntok, int kvh, int h0, int nh)
 {
     const duet_cpu_ops_t *ops = t->ops;
+    if (ops->attn_rows && t->pool->head_dim % 16 == 0) {
+        attn_unit_rows(t, s, tok0, ntok, kvh, h0, nh);
+        return;
+    }
     const duet_attn_batch_t *bt = t->batch;
     int hd = t->pool->head_dim;
     int first = bt->tok_start[s];

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../backend.h"
+
 /* A weight row is dotted with up to this many activation rows per call, so one decode of the
  * row (nibbles to floats) serves several tokens. */
 #define DUET_CPU_DOT_MAX_NX 4
@@ -15,6 +17,21 @@
  * k is a multiple of the type's block size; any k >= 0 for the plain types. */
 typedef void (*duet_cpu_dot_fn)(int k, const void *w_row, const float *x, size_t ldx, int nx,
                                 float *out, size_t ldo);
+
+/* Query rows that share one KV head and one block table, for attn_rows: row r sees positions
+ * 0 .. last[r] of the sequence (last[r] < 0: none; its output is zero). */
+typedef struct {
+    int n_rows;                    /* 1 .. DUET_CPU_ATTN_MAX_ROWS */
+    const float *const *q;         /* [n_rows] -> head_dim floats */
+    float *const *out;             /* [n_rows] -> head_dim floats */
+    const int32_t *last;           /* [n_rows] */
+    const duet_kv_pool_view_t *pool;
+    int layer, kv_head;
+    const int32_t *blocks;         /* the sequence's block table: position p in blocks[p / 16] */
+    float scale;
+} duet_cpu_attn_rows_t;
+
+#define DUET_CPU_ATTN_MAX_ROWS 16
 
 typedef struct {
     const char *name;
@@ -40,6 +57,12 @@ typedef struct {
     /* acc[i] += p[j] * v[j * n + i] for j = 0 .. nv-1 in that order, i < n: the same sums as nv
      * axpy calls (attention: a block of V rows, already f32, into one output accumulator). */
     void  (*axpy_rows)(float *acc, const float *p, const float *v, int nv, int n);
+    /* Optional (NULL: the backend builds attention from dot_rows, exp_shift_sum and axpy_rows):
+     * softmax(q k^T * scale) v of each row of a over its visible positions, for head_dim a
+     * multiple of 16 up to 256 (other sizes take the same fallback). A row's output depends on
+     * that row alone, bit for bit, whatever rows share the call: prefill and decode, which group
+     * rows differently, agree exactly. */
+    void  (*attn_rows)(const duet_cpu_attn_rows_t *a);
     /* dst[i] = src[i] as f32 (exact; attention converts each K/V block once). */
     void  (*f16_to_f32)(float *dst, const uint16_t *src, int n);
     /* dst[i] = f16(src[i]), round to nearest even (kv_write). */
@@ -57,8 +80,8 @@ extern const duet_cpu_ops_t duet_cpu_ops_scalar;
 /* The AVX2/FMA/F16C table, or NULL when this build has no such kernels (a non-x86 target). The
  * caller checks the CPU first. */
 const duet_cpu_ops_t *duet_cpu_ops_avx2(void);
-/* Fills *ops with the AVX2 table and the AVX-512 kernels over it (attention's dot_rows and
- * axpy_rows); 0 when this build has none. The caller checks the CPU first. */
+/* Fills *ops with the AVX2 table and the AVX-512 kernels over it (attention's dot_rows, axpy_rows
+ * and attn_rows); 0 when this build has none. The caller checks the CPU first. */
 int duet_cpu_ops_avx512_fill(duet_cpu_ops_t *ops);
 
 #endif

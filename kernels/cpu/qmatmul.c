@@ -104,12 +104,12 @@ void duet_cpu_packed_free(duet_cpu_packed_t *p)
     free(p);
 }
 
-void duet_cpu_qact_ref(const float *x, int k, void *dst)
+void duet_cpu_qact_ref(const float *x, int k, int32_t z, void *dst)
 {
     int nb = k / 32;
     int8_t *q = dst;
     float *d = (float *)((uint8_t *)dst + (size_t)nb * 64), *ds = d + nb;
-    int32_t *sum = (int32_t *)(ds + nb);
+    int32_t *zs = (int32_t *)(ds + nb);
     for (int b = 0; b < nb; b++, x += 32) {
         float amax = 0.0f;
         for (int e = 0; e < 32; e++)
@@ -126,16 +126,16 @@ void duet_cpu_qact_ref(const float *x, int k, void *dst)
         }
         d[b] = amax / (float)DUET_QM_QMAX;
         ds[b] = d[b] * (float)s;
-        sum[b] = s;
+        zs[b] = -z * s;
     }
 }
 
-void duet_cpu_qact8_ref(const float *x, int k, void *dst)
+void duet_cpu_qact8_ref(const float *x, int k, int32_t z, void *dst)
 {
     int nb = k / 32;
     int8_t *q = dst;
     float *d = (float *)((uint8_t *)dst + (size_t)nb * 32), *ds = d + nb;
-    int32_t *sum = (int32_t *)(ds + nb);
+    int32_t *zs = (int32_t *)(ds + nb);
     for (int b = 0; b < nb; b++, x += 32) {
         float amax = 0.0f;
         for (int e = 0; e < 32; e++)
@@ -150,7 +150,7 @@ void duet_cpu_qact8_ref(const float *x, int k, void *dst)
         }
         d[b] = amax / (float)DUET_QM_QMAX8;
         ds[b] = d[b] * (float)s;
-        sum[b] = s;
+        zs[b] = -z * s;
     }
 }
 
@@ -159,7 +159,6 @@ void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *
 {
     int nb = w->nb;
     size_t arb = duet_qact_row_bytes(w->cols, vb);
-    int32_t off = w->type == DUET_TYPE_Q8_0 ? 128 : w->type == DUET_TYPE_Q4_0 ? 8 : 0;
     for (int g = g0; g < g1; g++) {
         const uint8_t *gq = w->data + (size_t)g * w->group_bytes;
         const uint16_t *gs = (const uint16_t *)(gq + (size_t)nb * w->qbytes);
@@ -168,13 +167,13 @@ void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *
             for (int t = 0; t < n; t++) {
                 const int8_t *aq = (const int8_t *)((const uint8_t *)act + (size_t)t * arb);
                 const float *ad = duet_qact_d(aq, nb, vb), *ads = ad + nb;
-                const int32_t *asum = (const int32_t *)(ads + nb);
+                const int32_t *azs = (const int32_t *)(ads + nb);
                 float acc = 0.0f;
                 for (int b = 0; b < nb; b++) {
                     const uint8_t *bq = gq + (size_t)b * w->qbytes;
                     const uint16_t *bs = gs + (size_t)b * (w->sbytes / 2);
                     const int8_t *xb = aq + (size_t)b * 32 * (size_t)vb;
-                    int32_t ah = 0, al = -off * asum[b];
+                    int32_t ah = 0, al = azs[b];
                     for (int e = 0; e < 32; e++) {
                         int high;
                         uint8_t byte = bq[quant_offset(w->type, r, e, &high)];

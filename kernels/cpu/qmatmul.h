@@ -12,10 +12,12 @@
  *           prefill speed, but a coarser rounding (amax / 254 per value) that the callers use only
  *           where the logits allow it (cpu_backend.c says where and why).
  *
- * Weights become unsigned bytes: Q4_0 and Q4_1 keep their nibbles q (0..15), Q8_0 stores q + 128.
- * With S = sum of the 32 activation integers of a block, per row and block (either format):
- *   Q8_0: d_w d_x (sum u q_x - 128 S)     Q4_0: d_w d_x (sum u q_x - 8 S)
- *   Q4_1: d_w d_x sum u q_x + m_w d_x S
+ * Weights become unsigned bytes u = q + z, with the zero point z = 128 for Q8_0 (q + 128), 8 for
+ * Q4_0 and 0 for Q4_1 (their nibbles as stored). With S = sum of the 32 activation integers of a
+ * block, per row and block (either format):
+ *   Q8_0, Q4_0: d_w d_x (sum u q_x - z S)     Q4_1: d_w d_x sum u q_x + m_w d_x S
+ * Activations are quantized for one weight type, so -z S comes precomputed with them: the kernels
+ * start each block's integer sum from it, a broadcast from memory.
  * Integer sums are exact, so the result of a row for a token does not depend on how tokens or
  * rows are tiled: the float steps per (row, token) are the same in every kernel, block by block. */
 #ifndef DUET_KERNELS_CPU_QMATMUL_H
@@ -61,8 +63,8 @@ void duet_cpu_packed_free(duet_cpu_packed_t *p);
  *   int8 q[nb][32 * vb]   16-bit: the hi bytes of the block's 32 values, then the lo bytes;
  *                         8-bit: the 32 values
  *   float d[nb]           the scale, x ~ d * q (q = 256 hi + lo in the 16-bit format)
- *   float ds[nb]          d * S
- *   int32 sum[nb]         S, the sum of the block's 32 integers
+ *   float ds[nb]          d * S, S the sum of the block's 32 integers
+ *   int32 zs[nb]          -z * S, z the zero point of the weights it is quantized for
  * padded to 64 bytes. */
 static inline size_t duet_qact_row_bytes(int k, int vb)
 {
@@ -75,8 +77,15 @@ static inline const float *duet_qact_d(const void *row, int nb, int vb)
     return (const float *)((const uint8_t *)row + (size_t)nb * 32 * (size_t)vb);
 }
 
-/* Quantizes one activation row into dst (duet_qact_row_bytes(k, vb) bytes, vb fixed per function). */
-typedef void (*duet_cpu_qact_fn)(const float *x, int k, void *dst);
+/* The zero point z of a packed weight's bytes (see above). */
+static inline int32_t duet_cpu_packed_zero(const duet_cpu_packed_t *p)
+{
+    return p->type == DUET_TYPE_Q8_0 ? 128 : p->type == DUET_TYPE_Q4_0 ? 8 : 0;
+}
+
+/* Quantizes one activation row into dst (duet_qact_row_bytes(k, vb) bytes, vb fixed per function)
+ * for weights of zero point z. */
+typedef void (*duet_cpu_qact_fn)(const float *x, int k, int32_t z, void *dst);
 
 /* out[t * ldo + r] = row r of w times activation row t (+ bias[r] when bias is not NULL) for the
  * rows of groups g0 .. g1-1 and tokens t < n; act holds n rows of duet_qact_row_bytes(w->cols, vb),
@@ -85,8 +94,8 @@ typedef void (*duet_cpu_qgemm_fn)(const duet_cpu_packed_t *w, int g0, int g1, co
                                   int vb, int n, const float *bias, float *out, size_t ldo);
 
 /* The plain C versions: the reference the vectorized ones must match bit for bit. */
-void duet_cpu_qact_ref(const float *x, int k, void *dst);    /* 16-bit */
-void duet_cpu_qact8_ref(const float *x, int k, void *dst);   /* 8-bit */
+void duet_cpu_qact_ref(const float *x, int k, int32_t z, void *dst);    /* 16-bit */
+void duet_cpu_qact8_ref(const float *x, int k, int32_t z, void *dst);   /* 8-bit */
 void duet_cpu_qgemm_ref(const duet_cpu_packed_t *w, int g0, int g1, const void *act, int vb, int n,
                         const float *bias, float *out, size_t ldo);
 

@@ -21,62 +21,113 @@
 /* Tokens whose activations one pass over a thread's row groups reuses from cache. */
 #define TOKEN_CHUNK 64
 
-static void qact(const float *x, int k, void *dst)
+/* ---- activation quantization ----
+ * Sixteen blocks at a time, so that the per-block reductions (the max |x| and the sum of the
+ * integers) and the divisions run across blocks, one lane each, rather than as a chain per block.
+ * The values are the reference's: max and integer sums are exact in any order, and the divisions
+ * and products are the same single IEEE operations. */
+
+enum { FOLD_MAX_PS, FOLD_ADD_EPI32 };
+
+INLINE __m512 fold(int op, __m512 x, __m512 y)
+{
+    if (op == FOLD_MAX_PS)
+        return _mm512_max_ps(x, y);
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(x), _mm512_castps_si512(y)));
+}
+
+/* Lane b of the result = the max (or integer sum) of the 16 lanes of a[b]: a transposing tree
+ * (256-bit halves, 128-bit quarters, 64-bit pairs, neighbours) and one permute into order. */
+INLINE __m512 reduce16(int op, const __m512 a[16])
+{
+    __m512 x[8], y[4], z[2];
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < 8; j++)
+        x[j] = fold(op, _mm512_shuffle_f32x4(a[j], a[j + 8], _MM_SHUFFLE(1, 0, 1, 0)),
+                    _mm512_shuffle_f32x4(a[j], a[j + 8], _MM_SHUFFLE(3, 2, 3, 2)));
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < 4; j++)
+        y[j] = fold(op, _mm512_shuffle_f32x4(x[j], x[j + 4], _MM_SHUFFLE(2, 0, 2, 0)),
+                    _mm512_shuffle_f32x4(x[j], x[j + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    _Pragma("GCC unroll 2")
+    for (int j = 0; j < 2; j++)
+        z[j] = fold(op, _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(y[j]), _mm512_castps_pd(y[j + 2]))),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(y[j]), _mm512_castps_pd(y[j + 2]))));
+    __m512 w = fold(op, _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                    _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i order = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+    return _mm512_permutexvar_ps(order, w);
+}
+
+/* Quantizes one row, vb = 2 (16-bit) or 1 (8-bit); qmax is the format's largest |q|. */
+INLINE void qact_row(int vb, int32_t qmax_i, const float *x, int k, int32_t z, void *dst)
 {
     int nb = k / 32;
     int8_t *q = dst;
-    float *d = (float *)((uint8_t *)dst + (size_t)nb * 64), *ds = d + nb;
-    int32_t *sum = (int32_t *)(ds + nb);
-    const __m512i qmax = _mm512_set1_epi32(DUET_QM_QMAX), qmin = _mm512_set1_epi32(-DUET_QM_QMAX);
-    const __m512i c128 = _mm512_set1_epi32(128), c255 = _mm512_set1_epi32(255);
-    for (int b = 0; b < nb; b++, x += 32) {
-        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-        float id = amax > 0.0f ? (float)DUET_QM_QMAX / amax : 0.0f;
-        __m512 vid = _mm512_set1_ps(id);
-        /* cvtps rounds to nearest even under the default MXCSR, as lrintf does in the reference. */
-        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
-        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
-        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, qmax), qmin);
-        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, qmax), qmin);
-        __m512i lo0 = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q0, c128), c255), c128);
-        __m512i lo1 = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q1, c128), c255), c128);
-        __m512i hi0 = _mm512_srai_epi32(_mm512_sub_epi32(q0, lo0), 8);
-        __m512i hi1 = _mm512_srai_epi32(_mm512_sub_epi32(q1, lo1), 8);
-        _mm_storeu_si128((__m128i *)(q + b * 64), _mm512_cvtepi32_epi8(hi0));
-        _mm_storeu_si128((__m128i *)(q + b * 64 + 16), _mm512_cvtepi32_epi8(hi1));
-        _mm_storeu_si128((__m128i *)(q + b * 64 + 32), _mm512_cvtepi32_epi8(lo0));
-        _mm_storeu_si128((__m128i *)(q + b * 64 + 48), _mm512_cvtepi32_epi8(lo1));
-        int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-        d[b] = amax / (float)DUET_QM_QMAX;
-        ds[b] = d[b] * (float)s;
-        sum[b] = s;
+    float *d = (float *)((uint8_t *)dst + (size_t)nb * 32 * vb), *ds = d + nb;
+    int32_t *zs = (int32_t *)(ds + nb);
+    const __m512i qmax = _mm512_set1_epi32(qmax_i), qmin = _mm512_set1_epi32(-qmax_i);
+    const __m512 qmax_f = _mm512_set1_ps((float)qmax_i);
+    for (int b0 = 0; b0 < nb; b0 += 16) {
+        int n = nb - b0 < 16 ? nb - b0 : 16;
+        __mmask16 live = (__mmask16)((1u << n) - 1);
+        const float *xb = x + (size_t)b0 * 32;
+        __m512 part[16];
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < 16; i++)
+            part[i] = i < n ? _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb + 32 * i)),
+                                            _mm512_abs_ps(_mm512_loadu_ps(xb + 32 * i + 16)))
+                            : _mm512_setzero_ps();
+        __m512 amax = reduce16(FOLD_MAX_PS, part);
+        /* id = qmax / amax, 0 for an all-zero block (as the reference) */
+        __mmask16 nz = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
+        _Alignas(64) float id[16];
+        _mm512_store_ps(id, _mm512_maskz_div_ps(nz, qmax_f, amax));
+        __m512 dv = _mm512_div_ps(amax, qmax_f);
+        _mm512_mask_storeu_ps(d + b0, live, dv);
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < 16; i++) {
+            if (i >= n) {
+                part[i] = _mm512_setzero_ps();
+                continue;
+            }
+            __m512 vid = _mm512_set1_ps(id[i]);
+            /* cvtps rounds to nearest even under the default MXCSR, as lrintf does in the reference. */
+            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * i), vid));
+            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * i + 16), vid));
+            q0 = _mm512_max_epi32(_mm512_min_epi32(q0, qmax), qmin);
+            q1 = _mm512_max_epi32(_mm512_min_epi32(q1, qmax), qmin);
+            int8_t *qb = q + (size_t)(b0 + i) * 32 * vb;
+            if (vb == 2) {
+                /* q = 256 hi + lo with lo in [-128, 127]: lo is q's low byte (what the narrowing
+                 * store keeps), hi = (q + 128) >> 8. */
+                const __m512i c128 = _mm512_set1_epi32(128);
+                __m512i hi0 = _mm512_srai_epi32(_mm512_add_epi32(q0, c128), 8);
+                __m512i hi1 = _mm512_srai_epi32(_mm512_add_epi32(q1, c128), 8);
+                _mm_storeu_si128((__m128i *)qb, _mm512_cvtepi32_epi8(hi0));
+                _mm_storeu_si128((__m128i *)(qb + 16), _mm512_cvtepi32_epi8(hi1));
+                _mm_storeu_si128((__m128i *)(qb + 32), _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128((__m128i *)(qb + 48), _mm512_cvtepi32_epi8(q1));
+            } else {
+                _mm_storeu_si128((__m128i *)qb, _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128((__m128i *)(qb + 16), _mm512_cvtepi32_epi8(q1));
+            }
+            part[i] = _mm512_castsi512_ps(_mm512_add_epi32(q0, q1));
+        }
+        __m512i sum = _mm512_castps_si512(reduce16(FOLD_ADD_EPI32, part));
+        _mm512_mask_storeu_ps(ds + b0, live, _mm512_mul_ps(dv, _mm512_cvtepi32_ps(sum)));
+        _mm512_mask_storeu_epi32(zs + b0, live, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-z)));
     }
 }
 
-static void qact8(const float *x, int k, void *dst)
+static void qact(const float *x, int k, int32_t z, void *dst)
 {
-    int nb = k / 32;
-    int8_t *q = dst;
-    float *d = (float *)((uint8_t *)dst + (size_t)nb * 32), *ds = d + nb;
-    int32_t *sum = (int32_t *)(ds + nb);
-    const __m512i qmax = _mm512_set1_epi32(DUET_QM_QMAX8), qmin = _mm512_set1_epi32(-DUET_QM_QMAX8);
-    for (int b = 0; b < nb; b++, x += 32) {
-        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-        float id = amax > 0.0f ? (float)DUET_QM_QMAX8 / amax : 0.0f;
-        __m512 vid = _mm512_set1_ps(id);
-        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
-        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
-        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, qmax), qmin);
-        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, qmax), qmin);
-        _mm_storeu_si128((__m128i *)(q + b * 32), _mm512_cvtepi32_epi8(q0));
-        _mm_storeu_si128((__m128i *)(q + b * 32 + 16), _mm512_cvtepi32_epi8(q1));
-        int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-        d[b] = amax / (float)DUET_QM_QMAX8;
-        ds[b] = d[b] * (float)s;
-        sum[b] = s;
-    }
+    qact_row(2, DUET_QM_QMAX, x, k, z, dst);
+}
+
+static void qact8(const float *x, int k, int32_t z, void *dst)
+{
+    qact_row(1, DUET_QM_QMAX8, x, k, z, dst);
 }
 
 /* Four activation bytes broadcast to every 32-bit lane. */
@@ -106,33 +157,39 @@ enum { KIND_Q8_0, KIND_Q4_0, KIND_Q4_1 };
  * and high nibbles) so that enough are in flight; integer sums are exact, so this changes
  * nothing in the result. */
 INLINE void group_tile(int kind, int vb, int T, const uint8_t *gq, int nb, const int8_t *const *a,
-                       const float *bias, float *out, size_t ldo, int row0, int rows)
+                       const float *bias, float *out, size_t ldo, int row0, int rows,
+                       const uint8_t *next, int pf_phase, int pf_step)
 {
     __m512 facc[TILE_T];
     const int qbytes = kind == KIND_Q8_0 ? 512 : 256;
     const int sbytes = kind == KIND_Q4_1 ? 64 : 32;
-    const int32_t off = kind == KIND_Q8_0 ? 128 : kind == KIND_Q4_0 ? 8 : 0;
     const size_t ab = (size_t)32 * (size_t)vb;   /* activation bytes per block */
     const int split = T * vb < SPLIT_CHAINS;
     const uint16_t *gs = (const uint16_t *)(gq + (size_t)nb * qbytes);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const float *ad[TILE_T], *ads[TILE_T];
-    const int32_t *asum[TILE_T];
+    const int32_t *azs[TILE_T];
     _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++) {
         ad[t] = duet_qact_d(a[t], nb, vb);
         ads[t] = ad[t] + nb;
-        asum[t] = (const int32_t *)(ads[t] + nb);
+        azs[t] = (const int32_t *)(ads[t] + nb);
         facc[t] = _mm512_setzero_ps();
     }
     for (int b = 0; b < nb; b++) {
         const uint8_t *bq = gq + (size_t)b * qbytes;
+        if (next && b % pf_step == pf_phase) {  /* this block of the next group (see qgemm_kind) */
+            _Pragma("GCC unroll 8")
+            for (int i = 0; i < qbytes; i += 64)
+                _mm_prefetch((const char *)(next + (size_t)b * qbytes + i), _MM_HINT_T0);
+            _mm_prefetch((const char *)(next + (size_t)nb * qbytes + (size_t)b * sbytes), _MM_HINT_T0);
+        }
         /* 16-bit: ah += hi dots, al += lo dots; 8-bit: al alone. ah2, al2: the second chains. */
         __m512i ah[TILE_T], al[TILE_T], ah2[TILE_T], al2[TILE_T];
         _Pragma("GCC unroll 8")
         for (int t = 0; t < T; t++) {
             ah[t] = ah2[t] = al2[t] = _mm512_setzero_si512();
-            al[t] = _mm512_set1_epi32(-off * asum[t][b]);
+            al[t] = kind == KIND_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(azs[t][b]);
         }
         if (kind == KIND_Q8_0) {
             _Pragma("GCC unroll 8")
@@ -196,7 +253,13 @@ INLINE void qgemm_kind(int kind, int vb, const duet_cpu_packed_t *w, int g0, int
         int c1 = n - c0 < TOKEN_CHUNK ? n : c0 + TOKEN_CHUNK;
         for (int g = g0; g < g1; g++) {
             const uint8_t *gq = w->data + (size_t)g * w->group_bytes;
-            for (int t0 = c0; t0 < c1; t0 += tile) {
+            /* The next group's weights are fetched into cache while this group computes, so
+             * they do not stall it (decode streams every weight from memory once per step):
+             * block b of the next group during tile b % tiles of this one, a few lines at a time
+             * (all at once, the fetches wait on each other and hold up the tile). */
+            const uint8_t *next = g + 1 < w->groups ? gq + w->group_bytes : NULL;
+            int tiles = (c1 - c0 + tile - 1) / tile, ti = 0;
+            for (int t0 = c0; t0 < c1; t0 += tile, ti++) {
                 int nt = c1 - t0 < tile ? c1 - t0 : tile;
                 const int8_t *a[TILE_T];
                 for (int t = 0; t < nt; t++)
@@ -204,11 +267,11 @@ INLINE void qgemm_kind(int kind, int vb, const duet_cpu_packed_t *w, int g0, int
                 float *o = out + (size_t)t0 * ldo;
                 int row0 = g * DUET_QM_ROWS;
 #define TILE_CASE(T) \
-    case T: group_tile(kind, vb, T, gq, w->nb, a, bias, o, ldo, row0, w->rows); break
+    case T: group_tile(kind, vb, T, gq, w->nb, a, bias, o, ldo, row0, w->rows, next, ti, tiles); break
                 switch (nt) {
                 TILE_CASE(1); TILE_CASE(2); TILE_CASE(3); TILE_CASE(4);
                 TILE_CASE(5); TILE_CASE(6); TILE_CASE(7);
-                default: group_tile(kind, vb, TILE_T, gq, w->nb, a, bias, o, ldo, row0, w->rows); break;
+                default: TILE_CASE(TILE_T);
                 }
 #undef TILE_CASE
             }

@@ -398,7 +398,7 @@ static void test_qmatmul(void)
                     memset(ar, 0, n * arb);
                     memset(av, 0, n * arb);
                     for (int i = 0; i < n; i++)
-                        qact_ref(x + (size_t)i * cols, cols, ar + i * arb);
+                        qact_ref(x + (size_t)i * cols, cols, duet_cpu_packed_zero(p), ar + i * arb);
                     duet_cpu_qgemm_ref(p, 0, p->groups, ar, vb, n, b, os, (size_t)rows);
                     double worst = 0;
                     for (int i = 0; i < n; i++)
@@ -423,7 +423,7 @@ static void test_qmatmul(void)
                     int exact = 1;
                     if (qact) {
                         for (int i = 0; i < n; i++)
-                            qact(x + (size_t)i * cols, cols, av + i * arb);
+                            qact(x + (size_t)i * cols, cols, duet_cpu_packed_zero(p), av + i * arb);
                         exact &= memcmp(ar, av, n * arb) == 0;
                         /* Two calls over a split of the groups, as two threads would make. */
                         int half = p->groups / 2;
@@ -900,7 +900,8 @@ static void attn_naive(const duet_kv_pool_view_t *pool, int layer, const float *
  * q in [-q_amp, q_amp], K, V in [-1, 1]. Tolerances:
  *   scalar vs naive double, avx2 vs scalar: |a - b| <= tol (1 + |ref|); 1e-5 for ordinary scores
  *   (q_amp 2, scale 1/sqrt(head_dim): up to ~10, so the running max still moves)
- *   attn_decode vs attn_prefill on the same backend: |a - b| <= 1e-6 (1 + |ref|) */
+ *   attn_decode vs attn_prefill on the same backend: |a - b| <= 1e-6 (1 + |ref|); on AVX-512
+ *   (attn_rows for head_dim a multiple of 16) bit for bit, as the engine mixes the two */
 static void attn_case(int n_head, int n_kv, int hd, const attn_shape_t *shape, float q_amp, float scale,
                       double tol)
 {
@@ -945,6 +946,7 @@ static void attn_case(int n_head, int n_kv, int hd, const attn_shape_t *shape, f
     float *q = xmalloc(sz * sizeof *q), *ref = xmalloc(sz * sizeof *ref);
     float *ps = xmalloc(sz * sizeof *ps), *ds = xmalloc(sz * sizeof *ds);
     float *pa = xmalloc(sz * sizeof *pa), *da = xmalloc(sz * sizeof *da);
+    float *px = xmalloc(sz * sizeof *px), *dx = xmalloc(sz * sizeof *dx);
     fill_rand(q, sz, -q_amp, q_amp);
     attn_naive(&pool, LAYER, q, n_head, &batch, scale, ref);
     be_scalar->attn_prefill(be_scalar, &pool, LAYER, q, n_head, &batch, scale, ps);
@@ -960,12 +962,23 @@ static void attn_case(int n_head, int n_kv, int hd, const attn_shape_t *shape, f
         CHECK_MSG((w = worst_ratio(pa, ps, ref, sz, tol, tol)) <= 1.0, "attn_prefill avx2 vs scalar, %s (%.3g)", what, w);
         CHECK_MSG((w = worst_ratio(da, pa, ref, sz, 1e-6, 1e-6)) <= 1.0, "attn_decode vs prefill avx2, %s (%.3g)", what, w);
     }
+    if (be_avx512) {
+        be_avx512->attn_prefill(be_avx512, &pool, LAYER, q, n_head, &batch, scale, px);
+        be_avx512->attn_decode(be_avx512, &pool, LAYER, q, n_head, &batch, scale, dx);
+        CHECK_MSG((w = worst_ratio(px, ps, ref, sz, tol, tol)) <= 1.0, "attn_prefill avx512 vs scalar, %s (%.3g)", what, w);
+        if (hd % 16 == 0)
+            CHECK_MSG(memcmp(px, dx, sz * sizeof *px) == 0, "attn_decode vs prefill avx512 not identical, %s", what);
+        else
+            CHECK_MSG((w = worst_ratio(dx, px, ref, sz, 1e-6, 1e-6)) <= 1.0, "attn_decode vs prefill avx512, %s (%.3g)", what, w);
+    }
     free(q);
     free(ref);
     free(ps);
     free(ds);
     free(pa);
     free(da);
+    free(px);
+    free(dx);
     free(pool.base);
 }
 
@@ -976,9 +989,9 @@ static void test_attention(void)
     static const attn_shape_t prefill = {5, {17, 50, 1, 33, 100}, {17, 13, 1, 2, 40}};
     static const attn_shape_t decode = {6, {1, 16, 17, 33, 50, 128}, {1, 1, 1, 1, 1, 1}};
     static const int heads[][2] = {{3, 3}, {9, 3}, {16, 2}, {32, 1}};  /* GQA groups 1, 3, 8, 32 */
-    static const int hds[] = {64, 80};
+    static const int hds[] = {64, 80, 16, 48, 256};  /* AVX-512: 4, 5, 1, 3 and 16 registers a row */
     for (int hi = 0; hi < 4; hi++)
-        for (int di = 0; di < 2; di++) {
+        for (int di = 0; di < 5; di++) {
             float scale = 1.0f / sqrtf((float)hds[di]);
             attn_case(heads[hi][0], heads[hi][1], hds[di], &prefill, 2.0f, scale, 1e-5);
             attn_case(heads[hi][0], heads[hi][1], hds[di], &decode, 2.0f, scale, 1e-5);
@@ -989,6 +1002,48 @@ static void test_attention(void)
      * absolute errors near 1e-5 that exp turns into relative ones. */
     attn_case(9, 3, 64, &prefill, 40.0f, 1.0f, 2e-3);
     attn_case(16, 2, 64, &decode, 40.0f, 1.0f, 2e-3);
+}
+
+/* A V value that overflowed to inf at the newest position: every row that cannot see it (all
+ * earlier tokens) must come out exactly as without it, in prefill and in decode, and still match
+ * the scalar backend; attn_rows' wide kernel must not multiply it by a zero weight. */
+static void test_attention_inf_v(void)
+{
+    enum { N = 40, N_HEAD = 9, N_KV = 3, HD = 64, LAYER = 0 };
+    if (!be_avx512)
+        return;
+    duet_kv_pool_view_t pool = make_pool(4, 1, N_KV, HD, 0x7e00);
+    int32_t tok_start[2] = {0, N}, kv_len[1] = {N}, table[4] = {2, 0, 3, 1}, slots[N];
+    size_t kv = (size_t)N * N_KV * HD, sz = (size_t)N * N_HEAD * HD;
+    float *k = xmalloc(kv * sizeof *k), *v = xmalloc(kv * sizeof *v), *q = xmalloc(sz * sizeof *q);
+    float *ref = xmalloc(sz * sizeof *ref), *pf = xmalloc(sz * sizeof *pf), *dc = xmalloc(sz * sizeof *dc);
+    float *sc = xmalloc(sz * sizeof *sc);
+    fill_rand(k, kv, -1.0f, 1.0f);
+    fill_rand(v, kv, -1.0f, 1.0f);
+    fill_rand(q, sz, -2.0f, 2.0f);
+    for (int p = 0; p < N; p++)
+        slots[p] = table[p / 16] * 16 + p % 16;
+    duet_attn_batch_t batch = {1, tok_start, kv_len, table, 4};
+    be_scalar->kv_write(be_scalar, &pool, LAYER, k, v, slots, N);
+    be_avx512->attn_prefill(be_avx512, &pool, LAYER, q, N_HEAD, &batch, 0.125f, ref);
+    be_scalar->attn_prefill(be_scalar, &pool, LAYER, q, N_HEAD, &batch, 0.125f, sc);
+    v[(size_t)(N - 1) * N_KV * HD + 5] = INFINITY;  /* KV head 0, the last position */
+    be_scalar->kv_write(be_scalar, &pool, LAYER, k, v, slots, N);
+    be_avx512->attn_prefill(be_avx512, &pool, LAYER, q, N_HEAD, &batch, 0.125f, pf);
+    be_avx512->attn_decode(be_avx512, &pool, LAYER, q, N_HEAD, &batch, 0.125f, dc);
+    size_t before_last = (size_t)(N - 1) * N_HEAD * HD;
+    CHECK_MSG(memcmp(pf, ref, before_last * sizeof *pf) == 0, "attn_prefill avx512: an unseen inf V changed earlier rows");
+    CHECK_MSG(memcmp(dc, ref, before_last * sizeof *dc) == 0, "attn_decode avx512: an unseen inf V changed earlier rows");
+    double w = worst_ratio(ref, sc, sc, before_last, 1e-5, 1e-5);
+    CHECK_MSG(w <= 1.0, "attn_prefill avx512 vs scalar before the inf (%.3g)", w);
+    free(k);
+    free(v);
+    free(q);
+    free(ref);
+    free(pf);
+    free(dc);
+    free(sc);
+    free(pool.base);
 }
 
 /* ---- swiglu, add ---- */
@@ -1070,6 +1125,7 @@ int main(void)
     RUN_TEST(test_rope);
     RUN_TEST(test_kv_write);
     RUN_TEST(test_attention);
+    RUN_TEST(test_attention_inf_v);
     RUN_TEST(test_elementwise);
     be_scalar->destroy(be_scalar);
     if (be_avx2)
