@@ -15,6 +15,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include "clock.h"
 #include "log.h"
@@ -22,7 +23,7 @@
 typedef enum { SEQ_QUEUED, SEQ_WAITING_KV, SEQ_PREFILL, SEQ_RUNNING } seq_state_t;
 
 struct duet_engine_seq {
-    duet_engine_seq_t *prev, *next;  /* the engine's list, in arrival order */
+    TAILQ_ENTRY(duet_engine_seq) link; /* the engine's list, in arrival order */
     seq_state_t state;
     duet_kv_seq_t kv;
     int32_t *tokens;                 /* prompt, then generated tokens */
@@ -43,7 +44,7 @@ struct duet_engine {
     duet_forward_t *fwd;
     duet_sampler_t *sampler;
     float *logits;                   /* [max_seqs][n_vocab] host; NULL with a device sampler */
-    duet_engine_seq_t *head, *tail;
+    TAILQ_HEAD(seq_list, duet_engine_seq) seqs;
     int n_seqs;
     /* Per-step scratch. */
     duet_kv_seq_t **step_kv;         /* [max_seqs] */
@@ -98,6 +99,7 @@ duet_status_t duet_engine_create(duet_model_t *model, const duet_engine_conf_t *
         return DUET_ERR_NOMEM;
     e->model = model;
     e->conf = *conf;
+    TAILQ_INIT(&e->seqs);
     apply_defaults(model, &e->conf);
     const duet_hparams_t *hp = &model->hp;
     duet_kv_cache_conf_t kc = {
@@ -140,14 +142,7 @@ static void finish(duet_engine_t *e, duet_engine_seq_t *s, duet_finish_t why, du
     s->result.status = st;
     s->result.done_ns = duet_clock_ns() - s->t_submit;
     duet_kv_seq_cleanup(e->cache, &s->kv);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        e->head = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    else
-        e->tail = s->prev;
+    TAILQ_REMOVE(&e->seqs, s, link);
     e->n_seqs--;
     duet_gen_sink_t sink = s->sink;
     duet_gen_result_t result = s->result;
@@ -161,8 +156,8 @@ void duet_engine_destroy(duet_engine_t *e)
 {
     if (!e)
         return;
-    while (e->head)
-        finish(e, e->head, DUET_FINISH_CANCELLED, DUET_ERR_CANCELLED);
+    for (duet_engine_seq_t *s; (s = TAILQ_FIRST(&e->seqs));)
+        finish(e, s, DUET_FINISH_CANCELLED, DUET_ERR_CANCELLED);
     free(e->logits);
     free(e->step_kv);
     free(e->step_seq);
@@ -212,12 +207,7 @@ static duet_status_t make_seq(duet_engine_t *e, const duet_gen_request_t *q, con
     s->sink = sink ? *sink : (duet_gen_sink_t){0};
     s->t_submit = duet_clock_ns();
     duet_kv_seq_init(&s->kv);
-    s->prev = e->tail;
-    if (e->tail)
-        e->tail->next = s;
-    else
-        e->head = s;
-    e->tail = s;
+    TAILQ_INSERT_TAIL(&e->seqs, s, link);
     e->n_seqs++;
     *seq_p = s;
     return DUET_OK;
@@ -353,7 +343,8 @@ void duet_engine_cancel(duet_engine_t *e, duet_engine_seq_t *s)
  * whose KV is being written remotely); it will be prefilled again from its tokens so far. */
 static int preempt_newest(duet_engine_t *e, const duet_engine_seq_t *keep)
 {
-    for (duet_engine_seq_t *s = e->tail; s; s = s->prev) {
+    duet_engine_seq_t *s;
+    TAILQ_FOREACH_REVERSE(s, &e->seqs, seq_list, link) {
         if (s == keep || s->kv.n_blocks == 0 || s->state == SEQ_WAITING_KV)
             continue;
         duet_kv_seq_release(e->cache, &s->kv);
@@ -383,8 +374,8 @@ int duet_engine_step(duet_engine_t *e)
 {
     int n_step = 0, used = 0;
     /* Decode tokens of running requests, taking blocks from the newest when the pool is dry. */
-    for (duet_engine_seq_t *s = e->head, *next; s; s = next) {
-        next = s->next;
+    for (duet_engine_seq_t *s = TAILQ_FIRST(&e->seqs), *next; s; s = next) {
+        next = TAILQ_NEXT(s, link);
         if (s->state != SEQ_RUNNING)
             continue;
         if (n_step >= e->conf.max_seqs || used >= e->conf.max_batch_tokens)
@@ -402,7 +393,8 @@ int duet_engine_step(duet_engine_t *e)
         take(e, s, s->n_tokens - s->kv.n_tokens, &n_step, &used);
     }
     /* Prompt chunks of admitted requests, then admissions in arrival order. */
-    for (duet_engine_seq_t *s = e->head; s && used < e->conf.max_batch_tokens; s = s->next) {
+    for (duet_engine_seq_t *s = TAILQ_FIRST(&e->seqs); s && used < e->conf.max_batch_tokens;
+         s = TAILQ_NEXT(s, link)) {
         if (s->state == SEQ_PREFILL) {
             take(e, s, s->n_tokens - s->kv.n_tokens, &n_step, &used);
         } else if (s->state == SEQ_QUEUED) {
@@ -414,10 +406,11 @@ int duet_engine_step(duet_engine_t *e)
     }
     if (n_step == 0) {
         /* Nothing could run. A queued request that cannot fit even in an empty pool never will. */
-        if (e->head && e->head->state == SEQ_QUEUED &&
-            duet_kv_blocks_for(e->head->n_tokens) > duet_kv_cache_n_blocks(e->cache)) {
+        duet_engine_seq_t *first = TAILQ_FIRST(&e->seqs);
+        if (first && first->state == SEQ_QUEUED &&
+            duet_kv_blocks_for(first->n_tokens) > duet_kv_cache_n_blocks(e->cache)) {
             duet_log_error("engine: a request needs more KV blocks than the pool has");
-            finish(e, e->head, DUET_FINISH_ERROR, DUET_ERR_EXHAUSTED);
+            finish(e, first, DUET_FINISH_ERROR, DUET_ERR_EXHAUSTED);
         }
         return e->n_seqs;
     }
@@ -480,7 +473,8 @@ int duet_engine_step(duet_engine_t *e)
 void duet_engine_load(const duet_engine_t *e, duet_engine_load_t *load)
 {
     memset(load, 0, sizeof *load);
-    for (const duet_engine_seq_t *s = e->head; s; s = s->next) {
+    const duet_engine_seq_t *s;
+    TAILQ_FOREACH(s, &e->seqs, link) {
         if (s->state == SEQ_RUNNING || s->state == SEQ_PREFILL)
             load->n_running++;
         else
@@ -537,8 +531,8 @@ duet_status_t duet_engine_generate(duet_engine_t *e, const duet_gen_request_t *r
     if (left < 0)
         status = (duet_status_t)left;
     /* A failed step already ended the requests it held; end any left by it too. */
-    while (e->head)
-        finish(e, e->head, DUET_FINISH_ERROR, status ? status : DUET_ERR_INTERNAL);
+    for (duet_engine_seq_t *s; (s = TAILQ_FIRST(&e->seqs));)
+        finish(e, s, DUET_FINISH_ERROR, status ? status : DUET_ERR_INTERNAL);
     free(slots);
     return status;
 }

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -111,8 +112,8 @@ typedef enum { PHASE_WAIT_BLOCKS, PHASE_REMOTE, PHASE_ENGINE } phase_t;
  * queued; freed in sink_finish (or where it ends before reaching the engine). */
 typedef struct dreq {
     struct decode *d;
-    struct dreq *prev, *next;       /* live list (engine thread) */
-    struct dreq *fifo_next;         /* waiting for blocks for a remote prefill */
+    TAILQ_ENTRY(dreq) live_entry;   /* d->live (engine thread) */
+    TAILQ_ENTRY(dreq) wait_entry;   /* d->waiting, while phase is PHASE_WAIT_BLOCKS */
     uint64_t serial;                /* unique in this process: prefill results name it */
     char id[DUET_STATE_ID_MAX];
     uint32_t attempt;
@@ -209,8 +210,8 @@ typedef struct decode {
     bool redis_down;
     bool draining;                  /* CMD_DRAIN seen: new requests are refused */
     bool stop_seen;                 /* CMD_STOP seen: the thread ends once no helper is out */
-    dreq_t *live_head, *live_tail;
-    dreq_t *fifo_head, *fifo_tail;
+    TAILQ_HEAD(dreq_list, dreq) live;    /* every request the engine thread holds */
+    struct dreq_list waiting;       /* waiting for blocks for a remote prefill, in arrival order */
     int n_helpers;
     int64_t next_keepalive_ns;
 
@@ -314,30 +315,6 @@ static void req_move(decode_t *d, dreq_t *r, duet_req_state_t to, const duet_sta
 
 /* ---- streams (engine thread) -------------------------------------------------------------- */
 
-static void live_unlink(decode_t *d, dreq_t *r)
-{
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        d->live_head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        d->live_tail = r->prev;
-    r->prev = r->next = NULL;
-}
-
-static void live_link(decode_t *d, dreq_t *r)
-{
-    r->prev = d->live_tail;
-    r->next = NULL;
-    if (d->live_tail)
-        d->live_tail->next = r;
-    else
-        d->live_head = r;
-    d->live_tail = r;
-}
-
 /* Ends the client's side of a request that did not finish normally: the record goes to
  * CANCELLED (client gone) or FAILED, and the stream is finished with the status. */
 static void end_stream_error(decode_t *d, dreq_t *r, duet_status_t st, const char *msg)
@@ -392,7 +369,7 @@ static void sink_finish(void *user, const duet_gen_result_t *res)
 {
     dreq_t *r = user;
     decode_t *d = r->d;
-    live_unlink(d, r);
+    TAILQ_REMOVE(&d->live, r, live_entry);
     duet_finish_t fin = res->finish;
     if (fin == DUET_FINISH_CANCELLED && r->stopped && !r->client_gone)
         fin = DUET_FINISH_STOP;
@@ -445,7 +422,7 @@ static duet_gen_request_t gen_request(const dreq_t *r, bool with_resume)
 /* Ends a request that never got into the engine. */
 static void end_unsubmitted(decode_t *d, dreq_t *r, duet_status_t st, const char *msg)
 {
-    live_unlink(d, r);
+    TAILQ_REMOVE(&d->live, r, live_entry);
     end_stream_error(d, r, st, msg);
     dreq_free(r);
 }
@@ -604,8 +581,7 @@ static void start_remote(decode_t *d, dreq_t *r, const int32_t *blocks, int n_bl
 /* Reserves blocks for the requests waiting for a remote prefill, first come first served. */
 static void admit_waiting(decode_t *d)
 {
-    while (d->fifo_head) {
-        dreq_t *r = d->fifo_head;
+    for (dreq_t *r; (r = TAILQ_FIRST(&d->waiting));) {
         duet_gen_request_t q = gen_request(r, false);
         duet_gen_sink_t sink = {sink_token, sink_finish, r};
         const int32_t *blocks;
@@ -613,10 +589,7 @@ static void admit_waiting(decode_t *d)
         duet_status_t st = duet_engine_submit_remote(d->engine, &q, &sink, &r->seq, &blocks, &n_blocks);
         if (st == DUET_ERR_EXHAUSTED)
             return;   /* blocks come back when a request ends; we are woken then */
-        d->fifo_head = r->fifo_next;
-        if (!d->fifo_head)
-            d->fifo_tail = NULL;
-        r->fifo_next = NULL;
+        TAILQ_REMOVE(&d->waiting, r, wait_entry);
         if (st != DUET_OK) {
             duet_log_error("decode: request %s: the engine refused it: %s", r->id, duet_status_str(st));
             end_unsubmitted(d, r, st, "decode: the engine refused the request");
@@ -682,7 +655,7 @@ static int retry_prefill(decode_t *d, dreq_t *r)
 
 static dreq_t *find_serial(decode_t *d, uint64_t serial)
 {
-    for (dreq_t *r = d->live_head; r; r = r->next)
+    for (dreq_t *r = TAILQ_FIRST(&d->live); r; r = TAILQ_NEXT(r, live_entry))
         if (r->serial == serial)
             return r;
     return NULL;
@@ -760,7 +733,7 @@ static void new_request(decode_t *d, dreq_t *r, bool stopping)
 {
     r->d = d;
     r->rstate = DUET_REQ_ROUTED;
-    live_link(d, r);
+    TAILQ_INSERT_TAIL(&d->live, r, live_entry);
     if (r->reject != DUET_OK) {
         end_unsubmitted(d, r, r->reject, r->reject_msg);
         return;
@@ -781,37 +754,18 @@ static void new_request(decode_t *d, dreq_t *r, bool stopping)
         return;
     }
     r->phase = PHASE_WAIT_BLOCKS;
-    if (d->fifo_tail)
-        d->fifo_tail->fifo_next = r;
-    else
-        d->fifo_head = r;
-    d->fifo_tail = r;
+    TAILQ_INSERT_TAIL(&d->waiting, r, wait_entry);
     admit_waiting(d);
 }
 
-
-static void fifo_remove(decode_t *d, dreq_t *r)
-{
-    dreq_t **pp = &d->fifo_head, *prev = NULL;
-    while (*pp && *pp != r) {
-        prev = *pp;
-        pp = &(*pp)->fifo_next;
-    }
-    if (!*pp)
-        return;
-    *pp = r->fifo_next;
-    if (d->fifo_tail == r)
-        d->fifo_tail = prev;
-    r->fifo_next = NULL;
-}
 
 /* The instance is going away: every stream ends now with UNAVAILABLE and its record is left where
  * it is, so the gateway places the request again (attempt + 1) with the tokens it has relayed.
  * Requests whose prefill call is out stay as zombies until it returns (they may be written). */
 static void drain_streams(decode_t *d)
 {
-    for (dreq_t *r = d->live_head, *next; r; r = next) {
-        next = r->next;
+    for (dreq_t *r = TAILQ_FIRST(&d->live), *next; r; r = next) {
+        next = TAILQ_NEXT(r, live_entry);
         if (!r->stream)
             continue;
         duet_metrics_outcome(&d->outcomes, DUET_ERR_UNAVAILABLE);
@@ -819,8 +773,8 @@ static void drain_streams(decode_t *d)
         r->stream = NULL;
         switch (r->phase) {
         case PHASE_WAIT_BLOCKS:
-            fifo_remove(d, r);
-            live_unlink(d, r);
+            TAILQ_REMOVE(&d->waiting, r, wait_entry);
+            TAILQ_REMOVE(&d->live, r, live_entry);
             dreq_free(r);
             break;
         case PHASE_REMOTE:
@@ -869,7 +823,7 @@ static void keepalive(decode_t *d)
     if (now < d->next_keepalive_ns)
         return;
     d->next_keepalive_ns = now + (int64_t)KEEPALIVE_MS * 1000000 / 4;
-    for (dreq_t *r = d->live_head; r; r = r->next) {
+    for (dreq_t *r = TAILQ_FIRST(&d->live); r; r = TAILQ_NEXT(r, live_entry)) {
         if (!r->stream || r->client_gone || now - r->last_write_ns < (int64_t)KEEPALIVE_MS * 1000000)
             continue;
         Duet__V1__DecodeResponse msg = DUET__V1__DECODE_RESPONSE__INIT;
@@ -881,14 +835,14 @@ static void keepalive(decode_t *d)
 /* Some stream was cancelled (or the server is stopping): end every request whose stream is. */
 static void scan_cancels(decode_t *d)
 {
-    for (dreq_t *r = d->live_head, *next; r; r = next) {
-        next = r->next;
+    for (dreq_t *r = TAILQ_FIRST(&d->live), *next; r; r = next) {
+        next = TAILQ_NEXT(r, live_entry);
         if (!r->stream || !duet_rpc_stream_cancelled(r->stream))
             continue;
         r->client_gone = true;
         switch (r->phase) {
         case PHASE_WAIT_BLOCKS:
-            fifo_remove(d, r);
+            TAILQ_REMOVE(&d->waiting, r, wait_entry);
             end_unsubmitted(d, r, DUET_ERR_CANCELLED, "cancelled by the client");
             break;
         case PHASE_REMOTE:
@@ -906,7 +860,7 @@ static void publish_load(decode_t *d, duet_engine_load_t *el)
 {
     duet_engine_load(d->engine, el);
     int64_t waiting = 0;
-    for (dreq_t *r = d->fifo_head; r; r = r->fifo_next)
+    for (dreq_t *r = TAILQ_FIRST(&d->waiting); r; r = TAILQ_NEXT(r, wait_entry))
         waiting += r->n_prompt;
     pthread_mutex_lock(&d->mu);
     d->load.kv_blocks_free = el->blocks_free;
@@ -990,12 +944,10 @@ static int on_iteration(void *user)
 static void on_stop(void *user)
 {
     decode_t *d = user;
-    while (d->fifo_head) {
-        dreq_t *r = d->fifo_head;
-        d->fifo_head = r->fifo_next;
+    for (dreq_t *r; (r = TAILQ_FIRST(&d->waiting));) {
+        TAILQ_REMOVE(&d->waiting, r, wait_entry);
         end_unsubmitted(d, r, DUET_ERR_UNAVAILABLE, "decode instance stopping");
     }
-    d->fifo_tail = NULL;
     duet_quarantine_destroy(d->quarantine);   /* no Release call is out: the thread waited for them */
     d->quarantine = NULL;
 }
@@ -1127,6 +1079,8 @@ static duet_status_t decode_start(duet_service_t *svc, const void *conf, void **
     decode_t *d = calloc(1, sizeof *d);
     if (!d)
         return DUET_ERR_NOMEM;
+    TAILQ_INIT(&d->live);
+    TAILQ_INIT(&d->waiting);
     d->svc = svc;
     d->conf = c;
     duet_metrics_t *m = duet_service_metrics(svc);

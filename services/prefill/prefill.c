@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -105,7 +106,7 @@ typedef enum { PHASE_QUEUED, PHASE_ENGINE, PHASE_SENT } phase_t;
 /* One Prefill call: built by the handler, owned by the engine thread once queued. */
 typedef struct preq {
     struct prefill *p;
-    struct preq *prev, *next;       /* live list (engine thread) */
+    TAILQ_ENTRY(preq) live_entry;   /* p->live (engine thread) */
     duet_rpc_call_t *call;
     char id[ID_MAX];
     uint32_t attempt;
@@ -157,7 +158,7 @@ typedef struct prefill {
     duet_kvx_pool_t *pool;
     duet_engine_t *engine;
     peer_t *peers;
-    preq_t *live_head, *live_tail;
+    TAILQ_HEAD(preq_list, preq) live;    /* every request the engine thread holds */
     int n_sent;                     /* requests waiting for the flush */
     bool by_layer;                  /* --kv-send layer */
     bool stop_seen;                 /* CMD_STOP arrived */
@@ -193,35 +194,11 @@ static void preq_free(preq_t *r)
     free(r);
 }
 
-static void live_link(prefill_t *p, preq_t *r)
-{
-    r->prev = p->live_tail;
-    r->next = NULL;
-    if (p->live_tail)
-        p->live_tail->next = r;
-    else
-        p->live_head = r;
-    p->live_tail = r;
-}
-
-static void live_unlink(prefill_t *p, preq_t *r)
-{
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        p->live_head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        p->live_tail = r->prev;
-    r->prev = r->next = NULL;
-}
-
 /* Answers the call with an error and frees the request. */
 static void end_error(prefill_t *p, preq_t *r, duet_status_t st, const char *msg)
 {
     duet_metrics_outcome(&p->outcomes, st);
-    live_unlink(p, r);
+    TAILQ_REMOVE(&p->live, r, live_entry);
     duet_rpc_call_finish(r->call, st, "%s", msg);
     preq_free(r);
 }
@@ -505,7 +482,7 @@ static void flush_sent(prefill_t *p)
         if (!e->failed)
             continue;
         duet_log_warn("prefill: dropping the connection to decode instance %s", e->decode_id);
-        for (preq_t *r = p->live_head; r; r = r->next)
+        for (preq_t *r = TAILQ_FIRST(&p->live); r; r = TAILQ_NEXT(r, live_entry))
             if (r->peer == e) {
                 if (r->fail == DUET_OK)
                     r->fail = e->flush_status == DUET_ERR_DEADLINE ? DUET_ERR_DEADLINE : DUET_ERR_UNAVAILABLE;
@@ -515,8 +492,8 @@ static void flush_sent(prefill_t *p)
     }
     duet_kv_cache_t *cache = duet_engine_cache(p->engine);
     int64_t now = duet_clock_ns();
-    for (preq_t *r = p->live_head, *next; r; r = next) {
-        next = r->next;
+    for (preq_t *r = TAILQ_FIRST(&p->live), *next; r; r = next) {
+        next = TAILQ_NEXT(r, live_entry);
         if (r->phase != PHASE_SENT || r->seq)
             continue;   /* not sent yet (a sent request has always been finished by the engine) */
         uint64_t checksum = 0;
@@ -551,7 +528,7 @@ static void flush_sent(prefill_t *p)
         duet_metric_add(p->m_kv_bytes, (double)r->kv_bytes);
         duet_metric_observe(p->m_queue, (r->t_submit - r->t_arrival) / 1e9);
         duet_metrics_outcome(&p->outcomes, st);
-        live_unlink(p, r);
+        TAILQ_REMOVE(&p->live, r, live_entry);
         duet_rpc_call_finish(r->call, st, st == DUET_OK ? NULL : "prefill: cannot send the reply");
         preq_free(r);
     }
@@ -562,7 +539,7 @@ static void flush_sent(prefill_t *p)
 static void new_request(prefill_t *p, preq_t *r, bool stopping)
 {
     r->p = p;
-    live_link(p, r);
+    TAILQ_INSERT_TAIL(&p->live, r, live_entry);
     if (stopping) {
         end_error(p, r, DUET_ERR_UNAVAILABLE, "prefill instance stopping");
         return;
@@ -605,8 +582,8 @@ static void on_command(void *user, duet_cmd_t *c)
 
 static void scan_cancels(prefill_t *p)
 {
-    for (preq_t *r = p->live_head, *next; r; r = next) {
-        next = r->next;
+    for (preq_t *r = TAILQ_FIRST(&p->live), *next; r; r = next) {
+        next = TAILQ_NEXT(r, live_entry);
         if (r->phase == PHASE_ENGINE && r->seq && duet_rpc_stream_cancelled(r->call))
             duet_engine_cancel(p->engine, r->seq);   /* answers and frees r through sink_finish */
     }
@@ -681,8 +658,8 @@ static int on_iteration(void *user)
 static void on_stop(void *user)
 {
     prefill_t *p = user;
-    for (preq_t *r = p->live_head, *next; r; r = next) {
-        next = r->next;
+    for (preq_t *r = TAILQ_FIRST(&p->live), *next; r; r = next) {
+        next = TAILQ_NEXT(r, live_entry);
         if (r->seq)
             duet_engine_cancel(p->engine, r->seq);   /* answers and frees r through sink_finish */
     }
@@ -690,8 +667,8 @@ static void on_stop(void *user)
         flush_sent(p);
     while (p->peers)
         peer_drop(p, p->peers);
-    while (p->live_head)
-        end_error(p, p->live_head, DUET_ERR_UNAVAILABLE, "prefill instance stopping");
+    for (preq_t *r; (r = TAILQ_FIRST(&p->live));)
+        end_error(p, r, DUET_ERR_UNAVAILABLE, "prefill instance stopping");
 }
 
 /* ---- the Prefill handler (completion-queue threads) --------------------------------------- */
@@ -831,6 +808,7 @@ static duet_status_t prefill_start(duet_service_t *svc, const void *conf, void *
     prefill_t *p = calloc(1, sizeof *p);
     if (!p)
         return DUET_ERR_NOMEM;
+    TAILQ_INIT(&p->live);
     p->conf = c;
     p->err_mode = err_mode;
     if (!(p->fence = duet_fence_create(4096))) {
