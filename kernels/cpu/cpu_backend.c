@@ -1,7 +1,8 @@
 /* kernels/cpu/cpu_backend.c — the CPU backend: each op of backend.h cut into chunks that the
  * threads of a persistent pool (cpu_pool.c) claim, with the row-level work done by one ops table
- * (scalar, AVX2 or AVX-512, picked at create) and block-type matmuls on packed weights with
- * integer dot products (qmatmul.h) where the CPU has AVX-512 VNNI. */
+ * (scalar, AVX2 or AVX-512, picked at create), and, where the CPU has AVX-512 VNNI, matmuls on
+ * packed weights: block types with integer dot products (qmatmul.h), F16 with f32 FMAs
+ * (f16matmul.h). */
 #include "cpu_backend.h"
 
 #include <math.h>
@@ -16,6 +17,7 @@
 #include "../../lib/base/cpu.h"
 #include "../quant.h"
 #include "cpu_pool.h"
+#include "f16matmul.h"
 #include "ops.h"
 #include "qmatmul.h"
 
@@ -42,6 +44,7 @@ typedef struct {
     duet_cpu_qact_fn qact, qact8;   /* 16-bit and 8-bit activations */
     duet_cpu_qgemm_fn qgemm;
     int act_bits;                   /* 16 or 8: the activations of every packed weight */
+    duet_cpu_f16gemm_fn f16gemm;    /* F16 weights, packed likewise; NULL with qgemm */
     /* RoPE cos/sin by position (see rope_table): [rope_n][rope_rot_dim] (cos of the rot_dim / 2
      * pairs, then sin) for angles of rope_theta; rope_cap floats allocated. */
     float *rope_tab;
@@ -197,13 +200,14 @@ static void cpu_rmsnorm(duet_backend_t *be, const float *x, const float *w, floa
 /* ---- matmul ---- */
 
 typedef struct {
-    duet_cpu_dot_fn dot;
+    duet_cpu_dot_fn dot;           /* weights as stored (matmul_worker) */
+    duet_cpu_f16gemm_fn f16gemm;   /* or F16 weights packed in w->packed (f16matmul_worker) */
     const duet_weight_t *w;
     const float *bias;
     const float *x;
     int n;
     float *out;
-    claim_t work;   /* output rows, in multiples of 16 */
+    claim_t work;   /* output rows, in multiples of 16; for f16gemm, row groups */
 } matmul_task_t;
 
 static duet_cpu_dot_fn dot_for_type(const duet_cpu_ops_t *ops, uint32_t type)
@@ -248,6 +252,17 @@ static void matmul_worker(void *arg)
     int r0, r1;
     while (claim_next(&t->work, &r0, &r1))
         matmul_rows(t, r0, r1);
+}
+
+/* Packed F16 weights: the f32 activations are read as they are, so there is no step before the
+ * row groups, which are claimed in multiples of the kernel's tile (f16matmul.h). */
+static void f16matmul_worker(void *arg)
+{
+    matmul_task_t *t = arg;
+    const duet_cpu_f16packed_t *p = t->w->packed;
+    int g0, g1;
+    while (claim_next(&t->work, &g0, &g1))
+        t->f16gemm(p, g0, g1, t->x, (size_t)p->cols, t->n, t->bias, t->out, (size_t)p->rows);
 }
 
 /* ---- matmul over packed weights ----
@@ -322,8 +337,15 @@ static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *
                        const float *x, int n, float *out)
 {
     cpu_backend_t *cpu = (cpu_backend_t *)be;
-    const duet_cpu_packed_t *p = w->packed;
     int parallel = (size_t)w->rows * (size_t)w->cols * (size_t)n >= 32768 && w->rows >= 32;
+    if (w->packed && w->type == DUET_TYPE_F16 && cpu->f16gemm) {
+        matmul_task_t f = {.f16gemm = cpu->f16gemm, .w = w, .bias = bias, .x = x, .n = n, .out = out};
+        claim_init(be, &f.work, ((const duet_cpu_f16packed_t *)w->packed)->groups,
+                   n <= DUET_F16M_DECODE_TOKENS ? DUET_F16M_DECODE_GROUPS : DUET_F16M_TILE_GROUPS);
+        run(be, f16matmul_worker, &f, parallel);
+        return;
+    }
+    const duet_cpu_packed_t *p = w->packed;
     if (p && cpu->qgemm && n > 0 &&
         reserve_act(cpu, (size_t)n * duet_qact_row_bytes(p->cols, p->act_vb))) {
         qmatmul_task_t q = {.cpu = cpu, .p = p, .bias = bias, .x = x, .n = n, .out = out};
@@ -341,7 +363,8 @@ static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *
         run(be, qmatmul_worker, &q, parallel);
         return;
     }
-    matmul_task_t t = {dot_for_type(ops_of(be), w->type), w, bias, x, n, out, {0}};
+    matmul_task_t t = {.dot = dot_for_type(ops_of(be), w->type), .w = w, .bias = bias, .x = x, .n = n,
+                       .out = out};
     if (!t.dot) {  /* the engine checks weight types at load; never silently wrong */
         fill_nan(out, (size_t)n * (size_t)w->rows);
         return;
@@ -742,12 +765,22 @@ static void cpu_add(duet_backend_t *be, float *x, const float *y, size_t n)
 
 /* ---- weights ---- */
 
-/* Block-type weights are repacked for the integer matmul when this ISA has one; other types, and
- * every weight on other ISAs, are read as stored. The GGUF rows stay valid (embed reads them). */
+/* Block-type weights are repacked for the integer matmul and F16 weights for the F16 one when this
+ * ISA has them; other types, and every weight on other ISAs, are read as stored. The type tells
+ * which form w->packed is. The GGUF rows stay valid (embed reads them). */
 static duet_status_t cpu_prepare_weight(duet_backend_t *be, duet_weight_t *w)
 {
     cpu_backend_t *cpu = (cpu_backend_t *)be;
-    if (!cpu->qgemm || !duet_cpu_packable(w->type) || w->packed)
+    if (w->packed)
+        return DUET_OK;
+    if (w->type == DUET_TYPE_F16 && cpu->f16gemm) {
+        duet_cpu_f16packed_t *f;
+        duet_status_t st = duet_cpu_f16_pack(w, &f);
+        if (st == DUET_OK)
+            w->packed = f;
+        return st;
+    }
+    if (!cpu->qgemm || !duet_cpu_packable(w->type))
         return DUET_OK;
     duet_cpu_packed_t *p;
     duet_status_t st = duet_cpu_pack(w, &p);
@@ -761,7 +794,10 @@ static duet_status_t cpu_prepare_weight(duet_backend_t *be, duet_weight_t *w)
 static void cpu_release_weight(duet_backend_t *be, duet_weight_t *w)
 {
     (void)be;
-    duet_cpu_packed_free(w->packed);
+    if (w->type == DUET_TYPE_F16)
+        duet_cpu_f16packed_free(w->packed);
+    else
+        duet_cpu_packed_free(w->packed);
     w->packed = NULL;
 }
 
@@ -873,6 +909,7 @@ duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_
         cpu->qact8 = duet_cpu_qact8_avx512();
         cpu->act_bits = act_bits;
         cpu->qgemm = duet_cpu_qgemm_avx512();
+        cpu->f16gemm = duet_cpu_f16gemm_avx512();
     }
     cpu->be = (duet_backend_t){
         .name = isa_name(c.isa),

@@ -10,6 +10,8 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 
+#include "avx512_store.h"
+
 #define INLINE static inline __attribute__((always_inline))
 
 /* Tokens per tile: 8, whose accumulators (16-bit: hi, lo and float, 24 registers; 8-bit: 16)
@@ -138,15 +140,6 @@ INLINE __m512i bcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-INLINE void store_rows(__m512 v, const float *bias, float *out, int row0, int rows)
-{
-    int live = rows - row0 < 16 ? rows - row0 : 16;
-    __mmask16 m = (__mmask16)((1u << live) - 1);
-    if (bias)
-        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + row0));
-    _mm512_mask_storeu_ps(out + row0, m, v);
-}
-
 enum { KIND_Q8_0, KIND_Q4_0, KIND_Q4_1 };
 
 /* One row group against T tokens over every block; token t's 16 results go to out[t * ldo +
@@ -241,7 +234,7 @@ INLINE void group_tile(int kind, int vb, int T, const uint8_t *gq, int nb, const
     }
     _Pragma("GCC unroll 8")
     for (int t = 0; t < T; t++)
-        store_rows(facc[t], bias, out + (size_t)t * ldo, row0, rows);
+        duet_avx512_store_rows(facc[t], bias, out + (size_t)t * ldo, row0, rows);
 }
 
 INLINE void qgemm_kind(int kind, int vb, const duet_cpu_packed_t *w, int g0, int g1, const void *act,

@@ -1,8 +1,8 @@
 /* tests/unit/test_kernels.c — the CPU backend: every op of backend.h run by the AVX2 kernels and by
  * the scalar reference on odd shapes and compared, the reference checked against naive double
  * precision code written here, the reference quantizers checked for layout and error bounds, and
- * the integer matmul over packed weights (AVX-512 VNNI) checked bit for bit against its plain C
- * reference, which is checked against double precision. */
+ * the integer and F16 matmuls over packed weights (AVX-512) checked bit for bit against their plain
+ * C references, which are checked against double precision. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +14,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "cpu/cpu_pool.h"
+#include "cpu/f16matmul.h"
 #include "cpu/ops.h"
 #include "cpu/qmatmul.h"
 #include "quant.h"
@@ -461,9 +462,98 @@ static void test_qmatmul(void)
     free_weight(&tw);
 }
 
-/* The AVX-512 backend end to end: prepare_weight packs the block types (and leaves the others as
- * they are), matmul then runs the packed path on the pool, and release_weight frees the copy.
- * Outputs match the scalar backend within f32 error plus the activation rounding, with 16-bit
+/* ---- F16 matmul over packed weights ---- */
+
+/* One case of test_f16matmul: n tokens, activation rows ldx floats apart; 1 when it passes, else
+ * it says why. */
+static int f16matmul_case(const test_weight_t *tw, const duet_cpu_f16packed_t *p, duet_cpu_f16gemm_fn gemm,
+                          int n, size_t ldx, const float *b)
+{
+    int rows = p->rows, cols = p->cols;
+    size_t no = (size_t)n * rows;
+    float *x = xmalloc((size_t)n * ldx * sizeof *x);
+    float *os = xmalloc(no * sizeof *os), *ov = xmalloc(no * sizeof *ov);
+    fill_rand(x, (size_t)n * ldx, -1.0f, 1.0f);
+    duet_cpu_f16gemm_ref(p, 0, p->groups, x, ldx, n, b, os, (size_t)rows);
+    double worst = 0;
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < rows; r++) {
+            double sum = b ? b[r] : 0.0, mag = 0.0;
+            for (int c = 0; c < cols; c++) {
+                double v = (double)tw->deq[(size_t)r * cols + c] * x[(size_t)i * ldx + c];
+                sum += v;
+                mag += fabs(v);
+            }
+            double e = fabs((double)os[(size_t)i * rows + r] - sum) / (5e-6 * mag + 1e-6);
+            worst = e > worst || isnan(e) ? e : worst;
+        }
+    int exact = 1;
+    if (gemm) {
+        /* Two calls, as two threads would make, cut at an odd group: a pair of groups split. */
+        int cut = (p->groups / 2) | 1;
+        cut = cut < p->groups ? cut : p->groups;
+        memset(ov, 0xff, no * sizeof *ov);  /* NaN: a row left unwritten shows */
+        gemm(p, 0, cut, x, ldx, n, b, ov, (size_t)rows);
+        gemm(p, cut, p->groups, x, ldx, n, b, ov, (size_t)rows);
+        exact &= memcmp(os, ov, no * sizeof *os) == 0;
+        for (int i = 0; i < n && exact; i += 5) {  /* a token alone: the bits it has in the batch */
+            gemm(p, 0, p->groups, x + (size_t)i * ldx, ldx, 1, b, ov, (size_t)rows);
+            exact &= memcmp(os + (size_t)i * rows, ov, (size_t)rows * sizeof *ov) == 0;
+        }
+    }
+    free(x);
+    free(os);
+    free(ov);
+    if (worst <= 1.0 && exact)
+        return 1;
+    fprintf(stderr, "  f16matmul rows %d cols %d n %d ldx %zu bias %d: reference/double %.3g of tolerance, avx512 %s\n",
+            rows, cols, n, ldx, b != NULL, worst, exact ? "exact" : "DIFFERS");
+    return 0;
+}
+
+/* The plain C reference against double precision on the f16 weights: within 5e-6 * sum |w x| +
+ * 1e-6 per output, as test_matmul (f32 accumulation, no other rounding). The AVX-512 kernel must
+ * give exactly the reference's outputs for every tile shape: 1 .. 14 tokens (the counts 1, 2, 3,
+ * 4, 5, 7, 13 and 14 directly; 15, 29, 33 and 70, past the 64-token chunk, split into tiles of 6
+ * and 8 .. 13) by 1, 2 or 4 row groups; row tails (rows not a multiple of 16); any cols (1, 7,
+ * 40 and 100 as well as the model's 64, 96, 576 and 1536); activation rows wider than cols; with
+ * and without bias; over a split of the groups; and each token alone. */
+static void test_f16matmul(void)
+{
+    static const int cols_list[] = {1, 7, 40, 64, 96, 100, 576, 1536};
+    static const int rows_list[] = {1, 7, 16, 33, 72, 200};
+    static const int n_list[] = {1, 2, 3, 4, 5, 7, 13, 14, 15, 29, 33, 70};
+    duet_cpu_f16gemm_fn gemm = duet_cpu_isa_supported(DUET_CPU_ISA_AVX512) ? duet_cpu_f16gemm_avx512() : NULL;
+    if (!gemm)
+        fprintf(stderr, "  (no AVX-512 on this CPU: only the F16 reference is checked)\n");
+    int cases = 0, failed = 0;
+    for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++)
+        for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++) {
+            test_weight_t tw = make_weight(DUET_TYPE_F16, rows_list[ri], cols_list[ci]);
+            duet_cpu_f16packed_t *p = NULL;
+            CHECK_EQ_INT(duet_cpu_f16_pack(&tw.w, &p), DUET_OK);
+            float *bias = xmalloc((size_t)tw.w.rows * sizeof *bias);
+            fill_rand(bias, tw.w.rows, -2.0f, 2.0f);
+            for (size_t ni = 0; p && ni < sizeof n_list / sizeof *n_list; ni++) {
+                size_t ldx = (size_t)tw.w.cols + (ni % 3 == 2 ? 3 : 0);
+                cases++;
+                failed += !f16matmul_case(&tw, p, gemm, n_list[ni], ldx, (ci + ni) % 2 ? bias : NULL);
+            }
+            free(bias);
+            duet_cpu_f16packed_free(p);
+            free_weight(&tw);
+        }
+    CHECK_MSG(failed == 0, "%d of %d f16matmul cases wrong", failed, cases);
+    test_weight_t tw = make_weight(DUET_TYPE_BF16, 4, 32);  /* other types are refused */
+    duet_cpu_f16packed_t *p = NULL;
+    CHECK_EQ_INT(duet_cpu_f16_pack(&tw.w, &p), DUET_ERR_INVALID);
+    free_weight(&tw);
+}
+
+/* The AVX-512 backend end to end: prepare_weight packs the block types and F16 (and leaves the
+ * others as they are), matmul then runs the packed path on the pool, embed still reads the rows as
+ * stored (tied embeddings share the weight), and release_weight frees the copy. Outputs match the
+ * scalar backend within f32 error plus, for block types, the activation rounding, with 16-bit
  * activations (be_avx512) and with 8-bit ones (a backend made with act_bits 8). */
 static void test_matmul_packed(void)
 {
@@ -484,7 +574,17 @@ static void test_matmul_packed(void)
         uint32_t type = all_types[ti];
         test_weight_t tw = make_weight(type, 200, 576);
         CHECK_EQ_INT(be->prepare_weight(be, &tw.w), DUET_OK);
-        CHECK_MSG((tw.w.packed != NULL) == duet_cpu_packable(type), "%s packed", type_name(type));
+        int packs = duet_cpu_packable(type) || type == DUET_TYPE_F16;
+        CHECK_MSG((tw.w.packed != NULL) == packs, "%s packed", type_name(type));
+        {
+            int32_t tokens[5] = {0, 199, 17, 17, 100};
+            float *es = xmalloc(5 * 576 * sizeof *es), *ea = xmalloc(5 * 576 * sizeof *ea);
+            be_scalar->embed(be_scalar, &tw.w, tokens, 5, es);
+            be->embed(be, &tw.w, tokens, 5, ea);
+            CHECK_MSG(memcmp(es, ea, 5 * 576 * sizeof *es) == 0, "embed %s after prepare", type_name(type));
+            free(es);
+            free(ea);
+        }
         for (size_t ni = 0; ni < 4; ni++) {
             int n = n_list[ni];
             size_t no = (size_t)n * 200;
@@ -505,7 +605,8 @@ static void test_matmul_packed(void)
                             amax = fmax(amax, fabs(xv));
                             wabs += fabs(wv);
                         }
-                        qerr += wabs * amax / (2.0 * qmax) * 1.01;
+                        if (duet_cpu_packable(type))  /* F16 keeps the activations as they are */
+                            qerr += wabs * amax / (2.0 * qmax) * 1.01;
                     }
                     size_t k = (size_t)i * 200 + r;
                     double e = fabs((double)oa[k] - os[k]) / (1e-5 * mag + qerr + 2e-6);
@@ -1118,6 +1219,7 @@ int main(void)
     RUN_TEST(test_embed);
     RUN_TEST(test_matmul);
     RUN_TEST(test_qmatmul);
+    RUN_TEST(test_f16matmul);
     RUN_TEST(test_matmul_packed);
     RUN_TEST(test_cpu_pool);
     RUN_TEST(test_attn_rows);
