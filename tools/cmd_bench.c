@@ -1,7 +1,8 @@
 /* tools/cmd_bench.c — `duet bench`: prompt processing (pp512), generation (tg128) and batched
  * decode speed of a model on this machine, each as a median over repetitions with its spread and
- * its share of the machine limit measured in the same run (memory bandwidth for decode, f32 FMA
- * peak for prefill). --json prints the same as one JSON object. */
+ * its share of the machine limit measured in the same run (memory bandwidth for decode; for
+ * prefill, the f32 FMA or int8 dot-product peak, whichever its matmuls run on). --json prints the
+ * same as one JSON object. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include "clock.h"
 #include "commands.h"
 #include "conf.h"
+#include "cpu/cpu_backend.h"
 #include "cpu/probe.h"
 #include "forward.h"
 #include "kvcache.h"
@@ -135,6 +137,25 @@ static double token_flops(const duet_model_t *m, double pos)
     double per_layer = 2.0 * hp->dim * (q + 2 * kv) + 2.0 * q * hp->dim + 2.0 * 3 * hp->dim * hp->ffn_dim;
     double attn = 4.0 * q * (pos + 1);
     return hp->n_layer * (per_layer + attn);
+}
+
+/* The FLOP/s prefill can reach at most: the peak of the arithmetic its layer matmuls run on.
+ * Block-type weights on the CPU's integer matmul take one int8 dot product (2 ops in the probe's
+ * count) per byte of activation and weight, so a multiply-add (2 FLOPs) costs 4 ops with 16-bit
+ * activations and 2 with 8-bit ones; everything else runs on f32 FMAs. */
+static double prefill_limit(const duet_backend_t *be, const duet_model_t *m, double peak_f32,
+                            double peak_i8, const char **name)
+{
+    const duet_weight_t *w = &m->layers[0].w_gate;
+    int act_bits = duet_backend_cpu_act_bits(be);
+    int int_path = w->packed && act_bits && peak_i8 > 0 &&
+                   (w->type == DUET_TYPE_Q8_0 || w->type == DUET_TYPE_Q4_0 || w->type == DUET_TYPE_Q4_1);
+    if (int_path) {
+        *name = act_bits == 16 ? "int8 peak/2" : "int8 peak";
+        return act_bits == 16 ? peak_i8 / 2 : peak_i8;
+    }
+    *name = "f32 peak";
+    return peak_f32;
 }
 
 /* One test: n_prompt tokens in one step (pp) or n_gen single-token steps (tg). Returns tok/s. */
@@ -282,7 +303,9 @@ int duet_cmd_bench(int argc, char **argv)
     /* Prefill: FLOPs per token averaged over the prompt's positions. Decode: weights plus the
      * K/V of the average context, per step. */
     double pp_flops = token_flops(m, (c.n_prompt - 1) / 2.0);
-    double pp_share = peak > 0 ? pp.median * pp_flops / 1e9 / peak : 0;
+    const char *pp_limit_name;
+    double pp_limit = prefill_limit(be, m, peak, peak_i8, &pp_limit_name);
+    double pp_share = pp_limit > 0 ? pp.median * pp_flops / 1e9 / pp_limit : 0;
     double tg_bytes = wbytes + kv_tok * (c.n_gen + 1) / 2.0;
     double tg_share = bw > 0 ? tg.median * tg_bytes / 1e9 / bw : 0;
 
@@ -320,11 +343,11 @@ int duet_cmd_bench(int argc, char **argv)
                "\"threads\": %d, \"backend\": \"%s\", \"reps\": %d, \"bandwidth_gbs\": %.2f, \"bandwidth_dram_gbs\": %.2f, "
                "\"peak_gflops\": %.1f, "
                "\"peak_int8_gops\": %.1f, \"pp512_tps\": %.2f, \"pp512_min\": %.2f, \"pp512_max\": %.2f, "
-               "\"pp512_flop_share\": %.4f, \"tg128_tps\": %.2f, \"tg128_min\": %.2f, \"tg128_max\": %.2f, "
+               "\"pp512_limit\": \"%s\", \"pp512_limit_gflops\": %.1f, \"pp512_flop_share\": %.4f, \"tg128_tps\": %.2f, \"tg128_min\": %.2f, \"tg128_max\": %.2f, "
                "\"tg128_bytes_per_token\": %.0f, \"tg128_bandwidth_share\": %.4f, \"n_prompt\": %d, \"n_gen\": %d, "
                "\"batch_prompt\": %d, \"batch_gen\": %d, \"batched_tps\": {",
                m->name, m->arch_name, m->weight_bytes / 1048576.0, cpu, flags, threads, be->name, c.reps,
-               bw, bw_dram, peak, peak_i8, pp.median, pp.min, pp.max, pp_share, tg.median, tg.min, tg.max, tg_bytes,
+               bw, bw_dram, peak, peak_i8, pp.median, pp.min, pp.max, pp_limit_name, pp_limit, pp_share, tg.median, tg.min, tg.max, tg_bytes,
                tg_share, c.n_prompt, c.n_gen, c.batch_prompt, c.batch_gen);
         for (int i = 0; i < n_batches; i++)
             printf("%s\"%d\": %.2f", i ? ", " : "", batches[i], bt[i].median);
@@ -343,7 +366,8 @@ int duet_cmd_bench(int argc, char **argv)
                "-----------------", "------------------------------------");
         char name[64], share[96];
         snprintf(name, sizeof name, "pp%d", c.n_prompt);
-        snprintf(share, sizeof share, "%.0f%% of f32 peak (%.0f GFLOP/s)", 100 * pp_share, pp.median * pp_flops / 1e9);
+        snprintf(share, sizeof share, "%.0f%% of %s (%.0f GFLOP/s)", 100 * pp_share, pp_limit_name,
+                 pp.median * pp_flops / 1e9);
         printf("| %-22s | %7d | %8.1f | %7.1f - %7.1f | %-36s |\n", name, threads, pp.median, pp.min, pp.max, share);
         snprintf(name, sizeof name, "tg%d", c.n_gen);
         snprintf(share, sizeof share, "%.0f%% of bandwidth (%.1f MB/token)", 100 * tg_share, tg_bytes / 1e6);

@@ -874,6 +874,14 @@ static const char *isa_name(duet_cpu_isa_t isa)
     }
 }
 
+int duet_backend_cpu_act_bits(const duet_backend_t *be)
+{
+    if (!be || be->destroy != cpu_destroy)
+        return 0;
+    const cpu_backend_t *cpu = (const cpu_backend_t *)be;
+    return cpu->qgemm ? cpu->act_bits : 0;
+}
+
 duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_t **be_p)
 {
     duet_cpu_conf_t c = conf ? *conf : (duet_cpu_conf_t){0};
