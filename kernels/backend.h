@@ -12,6 +12,9 @@
 
 #define DUET_KV_BLOCK_TOKENS 16
 
+/* The most matmuls one matmul_shared_x call takes. */
+#define DUET_MATMUL_SHARED_MAX 3
+
 /* A weight matrix y = W x with W of shape [rows][cols], rows stored in GGUF order. */
 typedef struct {
     uint32_t type;       /* duet_type_t of the stored rows */
@@ -94,6 +97,13 @@ struct duet_backend {
     /* out = x W^T (+ bias when not NULL). */
     void (*matmul)(duet_backend_t *be, const duet_weight_t *w, const float *bias /* [rows] or NULL */,
                    const float *x /* [n][cols] */, int n, float *out /* [n][rows] */);
+    /* Optional: n_w <= DUET_MATMUL_SHARED_MAX matmuls of one x (a layer's q, k and v; its gate and
+     * up), out[i] = x W[i]^T (+ bias[i] when bias[i] is not NULL): the same values as n_w matmul
+     * calls, with the work they share done once (the CPU backend quantizes x once and splits the
+     * rows of all of them between its threads in one hand-off). NULL: the caller calls matmul. */
+    void (*matmul_shared_x)(duet_backend_t *be, int n_w, const duet_weight_t *const *w,
+                            const float *const *bias, const float *x /* [n][cols] */, int n,
+                            float *const *out /* [n_w] -> [n][w[i]->rows] */);
     /* Rotates the first rot_dim dims of each head in place, by position pos[i] (host memory).
      * neox = 0 pairs (2j, 2j+1) (llama); neox = 1 pairs (j, j + rot_dim/2) (qwen2, HF llama). */
     void (*rope)(duet_backend_t *be, float *x /* [n][n_head][head_dim] */, const int32_t *pos, int n,

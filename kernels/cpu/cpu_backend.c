@@ -288,22 +288,27 @@ static void f16matmul_worker(void *arg)
 /* Quantizing this many tokens on the caller costs less than the wait. */
 #define QMM_CALLER_QUANT_MAX 4
 
+/* One task may hold several weights of one input (matmul_shared_x): they share the quantized
+ * activations, which is why they must have the same type (its zero point is in them), columns
+ * and activation format; their row groups are claimed as one range, weight after weight. */
 typedef struct {
     const cpu_backend_t *cpu;
-    const duet_cpu_packed_t *p;
-    const float *bias;
+    int n_w;
+    const duet_cpu_packed_t *p[DUET_MATMUL_SHARED_MAX];
+    const float *bias[DUET_MATMUL_SHARED_MAX];
+    float *out[DUET_MATMUL_SHARED_MAX];
+    int first_group[DUET_MATMUL_SHARED_MAX + 1];  /* weight i: claims first_group[i] .. [i+1]-1 */
     const float *x;
     int n;
-    float *out;
     claim_t quant;       /* tokens to quantize; none when the caller has done it */
     atomic_int quantized;/* tokens quantized so far */
-    claim_t groups;      /* row groups */
+    claim_t groups;      /* row groups of all the weights */
 } qmatmul_task_t;
 
 static void qmatmul_worker(void *arg)
 {
     qmatmul_task_t *t = arg;
-    const duet_cpu_packed_t *p = t->p;
+    const duet_cpu_packed_t *p = t->p[0];
     size_t arb = duet_qact_row_bytes(p->cols, p->act_vb);
     duet_cpu_qact_fn qact = p->act_vb == 1 ? t->cpu->qact8 : t->cpu->qact;
     uint8_t *act = t->cpu->act;
@@ -316,7 +321,13 @@ static void qmatmul_worker(void *arg)
     for (int spins = 0; atomic_load_explicit(&t->quantized, memory_order_acquire) < t->quant.n;)
         duet_cpu_relax(&spins);
     while (claim_next(&t->groups, &b, &e))
-        t->cpu->qgemm(p, b, e, act, p->act_vb, t->n, t->bias, t->out, (size_t)p->rows);
+        for (int i = 0; i < t->n_w; i++) {
+            int g0 = b > t->first_group[i] ? b : t->first_group[i];
+            int g1 = e < t->first_group[i + 1] ? e : t->first_group[i + 1];
+            if (g0 < g1)
+                t->cpu->qgemm(t->p[i], g0 - t->first_group[i], g1 - t->first_group[i], act, p->act_vb,
+                              t->n, t->bias[i], t->out[i], (size_t)t->p[i]->rows);
+        }
 }
 
 /* Makes cpu->act hold at least bytes; 0 when out of memory. */
@@ -333,11 +344,55 @@ static int reserve_act(cpu_backend_t *cpu, size_t bytes)
     return 1;
 }
 
+/* Whether the matmul is worth the threads' hand-off: rows x cols x tokens in all, and rows. */
+static int matmul_parallel(size_t rows, size_t cols, int n)
+{
+    return rows * cols * (size_t)n >= 32768 && rows >= 32;
+}
+
+/* The integer matmul of n_w packed weights of one x (see qmatmul_task_t); 0 when it cannot run
+ * them together (the caller then takes another path). */
+static int qmatmul_run(cpu_backend_t *cpu, int n_w, const duet_weight_t *const *w,
+                       const float *const *bias, const float *x, int n, float *const *out)
+{
+    duet_backend_t *be = &cpu->be;
+    const duet_cpu_packed_t *p0 = w[0]->packed;
+    if (!cpu->qgemm || n <= 0 || n_w > DUET_MATMUL_SHARED_MAX || w[0]->type == DUET_TYPE_F16 || !p0)
+        return 0;
+    qmatmul_task_t q = {.cpu = cpu, .n_w = n_w, .x = x, .n = n};
+    size_t rows = 0;
+    for (int i = 0; i < n_w; i++) {
+        const duet_cpu_packed_t *p = w[i]->packed;
+        if (!p || w[i]->type != w[0]->type || p->cols != p0->cols || p->act_vb != p0->act_vb)
+            return 0;
+        q.p[i] = p;
+        q.bias[i] = bias[i];
+        q.out[i] = out[i];
+        q.first_group[i + 1] = q.first_group[i] + p->groups;
+        rows += (size_t)p->rows;
+    }
+    size_t arb = duet_qact_row_bytes(p0->cols, p0->act_vb);
+    if (!reserve_act(cpu, (size_t)n * arb))
+        return 0;
+    int parallel = matmul_parallel(rows, (size_t)p0->cols, n);
+    int by_caller = n <= QMM_CALLER_QUANT_MAX || !parallel;
+    if (by_caller) {
+        duet_cpu_qact_fn qact = p0->act_vb == 1 ? cpu->qact8 : cpu->qact;
+        for (int i = 0; i < n; i++)
+            qact(x + (size_t)i * p0->cols, p0->cols, duet_cpu_packed_zero(p0), (uint8_t *)cpu->act + (size_t)i * arb);
+    }
+    claim_init(be, &q.quant, by_caller ? 0 : n, 1);
+    atomic_init(&q.quantized, 0);
+    claim_init(be, &q.groups, q.first_group[n_w], 1);
+    run(be, qmatmul_worker, &q, parallel);
+    return 1;
+}
+
 static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *bias,
                        const float *x, int n, float *out)
 {
     cpu_backend_t *cpu = (cpu_backend_t *)be;
-    int parallel = (size_t)w->rows * (size_t)w->cols * (size_t)n >= 32768 && w->rows >= 32;
+    int parallel = matmul_parallel((size_t)w->rows, (size_t)w->cols, n);
     if (w->packed && w->type == DUET_TYPE_F16 && cpu->f16gemm) {
         matmul_task_t f = {.f16gemm = cpu->f16gemm, .w = w, .bias = bias, .x = x, .n = n, .out = out};
         claim_init(be, &f.work, ((const duet_cpu_f16packed_t *)w->packed)->groups,
@@ -345,24 +400,8 @@ static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *
         run(be, f16matmul_worker, &f, parallel);
         return;
     }
-    const duet_cpu_packed_t *p = w->packed;
-    if (p && cpu->qgemm && n > 0 &&
-        reserve_act(cpu, (size_t)n * duet_qact_row_bytes(p->cols, p->act_vb))) {
-        qmatmul_task_t q = {.cpu = cpu, .p = p, .bias = bias, .x = x, .n = n, .out = out};
-        int by_caller = n <= QMM_CALLER_QUANT_MAX || !parallel;
-        if (by_caller) {
-            size_t arb = duet_qact_row_bytes(p->cols, p->act_vb);
-            duet_cpu_qact_fn qact = p->act_vb == 1 ? cpu->qact8 : cpu->qact;
-            for (int i = 0; i < n; i++)
-                qact(x + (size_t)i * p->cols, p->cols, duet_cpu_packed_zero(p),
-                     (uint8_t *)cpu->act + (size_t)i * arb);
-        }
-        claim_init(be, &q.quant, by_caller ? 0 : n, 1);
-        atomic_init(&q.quantized, 0);
-        claim_init(be, &q.groups, p->groups, 1);
-        run(be, qmatmul_worker, &q, parallel);
+    if (qmatmul_run(cpu, 1, &w, &bias, x, n, &out))
         return;
-    }
     matmul_task_t t = {.dot = dot_for_type(ops_of(be), w->type), .w = w, .bias = bias, .x = x, .n = n,
                        .out = out};
     if (!t.dot) {  /* the engine checks weight types at load; never silently wrong */
@@ -371,6 +410,15 @@ static void cpu_matmul(duet_backend_t *be, const duet_weight_t *w, const float *
     }
     claim_init(be, &t.work, w->rows, 16);
     run(be, matmul_worker, &t, parallel);
+}
+
+static void cpu_matmul_shared_x(duet_backend_t *be, int n_w, const duet_weight_t *const *w,
+                                const float *const *bias, const float *x, int n, float *const *out)
+{
+    if (qmatmul_run((cpu_backend_t *)be, n_w, w, bias, x, n, out))
+        return;
+    for (int i = 0; i < n_w; i++)
+        cpu_matmul(be, w[i], bias[i], x, n, out[i]);
 }
 
 /* ---- rope ----
@@ -933,6 +981,7 @@ duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_
         .embed = cpu_embed,
         .rmsnorm = cpu_rmsnorm,
         .matmul = cpu_matmul,
+        .matmul_shared_x = cpu_matmul_shared_x,
         .rope = cpu_rope,
         .kv_write = cpu_kv_write,
         .attn_prefill = cpu_attn_prefill,

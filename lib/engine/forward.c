@@ -166,6 +166,18 @@ static duet_status_t plan_step(duet_forward_t *f, const duet_batch_t *b, duet_at
     return DUET_OK;
 }
 
+/* The matmuls of one input, in one backend call where the backend can share their work. */
+static void matmuls_of_x(duet_backend_t *be, int n_w, const duet_weight_t *const *w,
+                         const float *const *bias, const float *x, int n, float *const *out)
+{
+    if (be->matmul_shared_x) {
+        be->matmul_shared_x(be, n_w, w, bias, x, n, out);
+        return;
+    }
+    for (int i = 0; i < n_w; i++)
+        be->matmul(be, w[i], bias[i], x, n, out[i]);
+}
+
 duet_status_t duet_forward_run(duet_forward_t *f, const duet_batch_t *b, float *logits)
 {
     const duet_model_t *m = f->model;
@@ -187,9 +199,10 @@ duet_status_t duet_forward_run(duet_forward_t *f, const duet_batch_t *b, float *
     for (int il = 0; il < hp->n_layer; il++) {
         const duet_layer_t *L = &m->layers[il];
         be->rmsnorm(be, f->x, L->attn_norm, hp->norm_eps, n, hp->dim, f->xb);
-        be->matmul(be, &L->wq, L->bq, f->xb, n, f->q);
-        be->matmul(be, &L->wk, L->bk, f->xb, n, f->k);
-        be->matmul(be, &L->wv, L->bv, f->xb, n, f->v);
+        const duet_weight_t *qkv_w[] = {&L->wq, &L->wk, &L->wv};
+        const float *qkv_b[] = {L->bq, L->bk, L->bv};
+        float *qkv_out[] = {f->q, f->k, f->v};
+        matmuls_of_x(be, 3, qkv_w, qkv_b, f->xb, n, qkv_out);
         be->rope(be, f->q, f->pos, n, hp->n_head, hp->head_dim, hp->rot_dim, hp->rope_theta, hp->rope_neox);
         be->rope(be, f->k, f->pos, n, hp->n_kv_head, hp->head_dim, hp->rot_dim, hp->rope_theta, hp->rope_neox);
         be->kv_write(be, pool, il, f->k, f->v, f->slots, n);
@@ -203,8 +216,10 @@ duet_status_t duet_forward_run(duet_forward_t *f, const duet_batch_t *b, float *
         be->add(be, f->x, f->proj, (size_t)n * hp->dim);
 
         be->rmsnorm(be, f->x, L->ffn_norm, hp->norm_eps, n, hp->dim, f->xb);
-        be->matmul(be, &L->w_gate, NULL, f->xb, n, f->gate);
-        be->matmul(be, &L->w_up, NULL, f->xb, n, f->up);
+        const duet_weight_t *ffn_w[] = {&L->w_gate, &L->w_up};
+        const float *ffn_b[] = {NULL, NULL};
+        float *ffn_out[] = {f->gate, f->up};
+        matmuls_of_x(be, 2, ffn_w, ffn_b, f->xb, n, ffn_out);
         be->swiglu(be, f->gate, f->up, (size_t)n * hp->ffn_dim, f->gate);
         be->matmul(be, &L->w_down, NULL, f->gate, n, f->proj);
         be->add(be, f->x, f->proj, (size_t)n * hp->dim);

@@ -631,6 +631,74 @@ static void test_matmul_packed(void)
     CHECK_MSG(failed == 0, "%d of %d packed matmul cases out of tolerance", failed, cases);
 }
 
+/* matmul_shared_x gives every weight the very bits that its own matmul call gives (the same
+ * kernels over the same quantized x), on each backend, for every type, with biases on some,
+ * row counts that end groups early, token counts either side of the caller-quantizes limit, and
+ * a mix of types (which the CPU backend cannot share: it falls back to one call each). */
+static void test_matmul_shared_x(void)
+{
+    static const int rows[] = {576, 200, 33};
+    static const int n_list[] = {1, 3, 5, 40};
+    duet_backend_t *bes[] = {be_scalar, be_avx2, be_avx512};
+    int cases = 0, failed = 0;
+    for (size_t bi = 0; bi < 3; bi++) {
+        duet_backend_t *be = bes[bi];
+        if (!be)
+            continue;
+        CHECK(be->matmul_shared_x != NULL);
+        for (size_t ti = 0; ti <= N_TYPES; ti++) {
+            test_weight_t tw[3];
+            const duet_weight_t *w[3];
+            float *bias[3];
+            for (int i = 0; i < 3; i++) {
+                /* ti == N_TYPES: a Q8_0, a Q4_1 and an F16 weight together. */
+                uint32_t type = ti < N_TYPES ? all_types[ti]
+                                             : (uint32_t[]){DUET_TYPE_Q8_0, DUET_TYPE_Q4_1, DUET_TYPE_F16}[i];
+                tw[i] = make_weight(type, rows[i], 576);
+                CHECK_EQ_INT(be->prepare_weight ? be->prepare_weight(be, &tw[i].w) : DUET_OK, DUET_OK);
+                w[i] = &tw[i].w;
+                bias[i] = NULL;
+                if (i != 1) {
+                    bias[i] = xmalloc((size_t)rows[i] * sizeof *bias[i]);
+                    fill_rand(bias[i], (size_t)rows[i], -1.0f, 1.0f);
+                }
+            }
+            for (size_t ni = 0; ni < sizeof n_list / sizeof n_list[0]; ni++) {
+                int n = n_list[ni];
+                float *x = xmalloc((size_t)n * 576 * sizeof *x);
+                fill_act(x, n, 576);
+                for (int n_w = 1; n_w <= 3; n_w++) {
+                    float *sep[3], *shared[3];
+                    for (int i = 0; i < n_w; i++) {
+                        sep[i] = xmalloc((size_t)n * rows[i] * sizeof *sep[i]);
+                        shared[i] = xmalloc((size_t)n * rows[i] * sizeof *shared[i]);
+                        be->matmul(be, w[i], bias[i], x, n, sep[i]);
+                    }
+                    be->matmul_shared_x(be, n_w, w, (const float *const *)bias, x, n, shared);
+                    for (int i = 0; i < n_w; i++) {
+                        cases++;
+                        if (memcmp(sep[i], shared[i], (size_t)n * rows[i] * sizeof *sep[i]) != 0) {
+                            failed++;
+                            fprintf(stderr, "  %s: shared matmul %d of %d (%s), %d tokens differs\n", be->name,
+                                    i, n_w, type_name(w[i]->type), n);
+                        }
+                        free(sep[i]);
+                        free(shared[i]);
+                    }
+                }
+                free(x);
+            }
+            for (int i = 0; i < 3; i++) {
+                if (be->release_weight)
+                    be->release_weight(be, &tw[i].w);
+                free_weight(&tw[i]);
+                free(bias[i]);
+            }
+        }
+    }
+    CHECK_MSG(failed == 0, "%d of %d shared matmuls differ from their own call", failed, cases);
+}
+
 /* ---- the backend's pool and the attention score kernel ---- */
 
 typedef struct {
@@ -1221,6 +1289,7 @@ int main(void)
     RUN_TEST(test_qmatmul);
     RUN_TEST(test_f16matmul);
     RUN_TEST(test_matmul_packed);
+    RUN_TEST(test_matmul_shared_x);
     RUN_TEST(test_cpu_pool);
     RUN_TEST(test_attn_rows);
     RUN_TEST(test_rmsnorm);
