@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "mkmodel.h"
 
 #define SKIP_CODE 77
 
@@ -153,11 +154,10 @@ out:
 static void check_model(const char *duet, const char *what, const char *args, duet_backend_t *cpu,
                         duet_backend_t *cu)
 {
-    char path[256], cmd[1024];
+    char path[256];
     snprintf(path, sizeof path, "/tmp/duet-test-cuda-fwd-%d.gguf", (int)getpid());
-    snprintf(cmd, sizeof cmd, "'%s' mkmodel --out '%s' %s 2>/dev/null", duet, path, args);
-    if (system(cmd) != 0) {
-        CHECK_MSG(0, "cannot make a test model with: %s", cmd);
+    if (test_mkmodel(duet, path, args) != 0) {
+        CHECK_MSG(0, "no model for %s", what);
         return;
     }
     outputs_t want, got;

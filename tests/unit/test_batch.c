@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "mkmodel.h"
 #include "cpu/cpu_backend.h"
 #include "engine.h"
 
@@ -105,13 +106,9 @@ int main(int argc, char **argv)
     char path[256] = "";
     if (argc == 3 && strcmp(argv[1], "--mkmodel") == 0) {
         snprintf(path, sizeof path, "/tmp/duet-test-batch-%d.gguf", (int)getpid());
-        char cmd[1024];
-        snprintf(cmd, sizeof cmd, "'%s' mkmodel --out '%s' --layers 3 --dim 96 --heads 6 --kv-heads 2 "
-                 "--ffn 160 --vocab 600 --type q4_1 --embd-type q8_0 2>/dev/null", argv[2], path);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "cannot make a test model with: %s\n", cmd);
+        if (test_mkmodel(argv[2], path, "--layers 3 --dim 96 --heads 6 --kv-heads 2 --ffn 160 --vocab 600 "
+                                        "--type q4_1 --embd-type q8_0"))
             return 1;
-        }
     } else if (argc == 2) {
         snprintf(path, sizeof path, "%s", argv[1]);
     } else {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "mkmodel.h"
 
 static const char *duet_bin;
 static char model_path[128];
@@ -125,13 +126,8 @@ int main(int argc, char **argv)
     }
     duet_bin = argv[1];
     snprintf(model_path, sizeof model_path, "/tmp/duet-test-bench-%d.gguf", (int)getpid());
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "'%s' mkmodel --out '%s' --layers 2 --dim 64 --heads 4 --kv-heads 2 "
-             "--ffn 128 --vocab 300 --type q8_0 2>/dev/null", duet_bin, model_path);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "cannot make a test model with: %s\n", cmd);
+    if (test_mkmodel(duet_bin, model_path, "--layers 2 --dim 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 300 --type q8_0"))
         return 1;
-    }
     RUN_TEST(test_json_has_every_figure);
     RUN_TEST(test_tables_name_the_limits);
     RUN_TEST(test_refuses_a_broken_model);

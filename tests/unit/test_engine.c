@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "mkmodel.h"
 #include "cpu/cpu_backend.h"
 #include "engine.h"
 
@@ -292,14 +293,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s DUET_BINARY\n", argv[0]);
         return 2;
     }
-    char path[128], cmd[512];
+    char path[128];
     snprintf(path, sizeof path, "/tmp/duet-test-engine-%d.gguf", (int)getpid());
-    snprintf(cmd, sizeof cmd, "'%s' mkmodel --out '%s' --layers 2 --dim 64 --heads 4 --kv-heads 2 "
-             "--ffn 128 --vocab 300 --type q8_0 2>/dev/null", argv[1], path);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "cannot make a test model with: %s\n", cmd);
+    if (test_mkmodel(argv[1], path, "--layers 2 --dim 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 300 --type q8_0"))
         return 1;
-    }
     duet_cpu_conf_t cc = {.n_threads = 0, .isa = DUET_CPU_ISA_AUTO};
     duet_backend_t *be;
     CHECK_EQ_INT(duet_backend_cpu_create(&cc, &be), DUET_OK);

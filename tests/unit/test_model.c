@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "mkmodel.h"
 #include "cpu/cpu_backend.h"
 #include "model.h"
 
@@ -110,9 +111,7 @@ static void test_loads_a_complete_model(void)
 
 static void test_loads_mkmodel_output(void)
 {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "'%s' mkmodel --out '%s' --arch qwen2 --type q4_0 2>/dev/null", duet_bin, path);
-    CHECK_EQ_INT(system(cmd), 0);
+    CHECK_EQ_INT(test_mkmodel(duet_bin, path, "--arch qwen2 --type q4_0"), 0);
     duet_model_t *m = NULL;
     char err[512] = "";
     CHECK_EQ_INT(duet_model_load(path, be, &m, err, sizeof err), DUET_OK);
