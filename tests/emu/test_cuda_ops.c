@@ -33,32 +33,8 @@ static duet_backend_t *ref;  /* CPU scalar, one thread */
 static duet_backend_t *cu;   /* CUDA (or emulated): GEMV for every matmul, split-K off */
 static duet_backend_t *cu2;  /* CUDA: cuBLAS from 16 tokens, split-K from 64 positions */
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-static float frand(float lo, float hi)  /* xorshift64*: the same numbers on every run */
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    uint64_t r = rng_state * 0x2545f4914f6cdd1dull;
-    return lo + (hi - lo) * (float)((r >> 40) / (double)(1ull << 24));
-}
-
-static void fill_rand(float *x, size_t n, float lo, float hi)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = frand(lo, hi);
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
-}
+#define TEST_RAND_SEED 0x2545f4914f6cdd1dull
+#include "test_rand.h"
 
 /* Backend memory holding a copy of host data. */
 static void *dev_copy(duet_backend_t *be, const void *host, size_t bytes)

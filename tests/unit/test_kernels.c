@@ -24,32 +24,8 @@ static duet_backend_t *be_avx512;            /* NULL on a CPU without AVX-512 VN
 
 /* ---- helpers ---- */
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static float frand(float lo, float hi)  /* xorshift64*: the same numbers on every run */
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    uint64_t r = rng_state * 0x2545f4914f6cdd1dull;
-    return lo + (hi - lo) * (float)((r >> 40) / (double)(1ull << 24));
-}
-
-static void fill_rand(float *x, size_t n, float lo, float hi)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = frand(lo, hi);
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
-}
+#define TEST_RAND_SEED 0x9e3779b97f4a7c15ull
+#include "test_rand.h"
 
 /* Largest |a - b| / (abs_tol + rel_tol * |ref|) over n values; <= 1 passes. */
 static double worst_ratio(const float *a, const float *b, const float *ref, size_t n, double abs_tol,
