@@ -146,11 +146,8 @@ static double token_flops(const duet_model_t *m, double pos)
 static double prefill_limit(const duet_backend_t *be, const duet_model_t *m, double peak_f32,
                             double peak_i8, const char **name)
 {
-    const duet_weight_t *w = &m->layers[0].w_gate;
-    int act_bits = duet_backend_cpu_act_bits(be);
-    int int_path = w->packed && act_bits && peak_i8 > 0 &&
-                   (w->type == DUET_TYPE_Q8_0 || w->type == DUET_TYPE_Q4_0 || w->type == DUET_TYPE_Q4_1);
-    if (int_path) {
+    int act_bits = duet_backend_cpu_act_bits(be, &m->layers[0].w_gate);
+    if (act_bits && peak_i8 > 0) {
         *name = act_bits == 16 ? "int8 peak/2" : "int8 peak";
         return act_bits == 16 ? peak_i8 / 2 : peak_i8;
     }

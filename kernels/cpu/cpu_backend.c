@@ -357,7 +357,7 @@ static int qmatmul_run(cpu_backend_t *cpu, int n_w, const duet_weight_t *const *
 {
     duet_backend_t *be = &cpu->be;
     const duet_cpu_packed_t *p0 = w[0]->packed;
-    if (!cpu->qgemm || n <= 0 || n_w > DUET_MATMUL_SHARED_MAX || w[0]->type == DUET_TYPE_F16 || !p0)
+    if (!cpu->qgemm || n <= 0 || n_w > DUET_MATMUL_SHARED_MAX || !p0 || !duet_cpu_packable(w[0]->type))
         return 0;
     qmatmul_task_t q = {.cpu = cpu, .n_w = n_w, .x = x, .n = n};
     size_t rows = 0;
@@ -922,9 +922,9 @@ static const char *isa_name(duet_cpu_isa_t isa)
     }
 }
 
-int duet_backend_cpu_act_bits(const duet_backend_t *be)
+int duet_backend_cpu_act_bits(const duet_backend_t *be, const duet_weight_t *w)
 {
-    if (!be || be->destroy != cpu_destroy)
+    if (!be || be->destroy != cpu_destroy || !w->packed || !duet_cpu_packable(w->type))
         return 0;
     const cpu_backend_t *cpu = (const cpu_backend_t *)be;
     return cpu->qgemm ? cpu->act_bits : 0;

@@ -28,10 +28,11 @@ typedef struct {
  * DUET_ERR_UNSUPPORTED when the requested ISA is missing on this CPU. */
 duet_status_t duet_backend_cpu_create(const duet_cpu_conf_t *conf, duet_backend_t **be_p);
 
-/* The activation bits of be's integer matmul over block-type weights (16 or 8), or 0 when be is
- * not a CPU backend or has no integer matmul (those weights then run on f32 FMAs). Benchmarks use
- * it to measure prefill against the peak of the arithmetic it actually runs on. */
-int duet_backend_cpu_act_bits(const duet_backend_t *be);
+/* The activation bits (16 or 8) with which be multiplies w on its integer matmul, or 0 when w does
+ * not run there (be is not a CPU backend, has no integer matmul, or w is not a packed block-type
+ * weight: it then runs on f32 FMAs). Benchmarks use it to measure prefill against the peak of the
+ * arithmetic it actually runs on. */
+int duet_backend_cpu_act_bits(const duet_backend_t *be, const duet_weight_t *w);
 
 /* Whether this CPU can run the given ISA. */
 int duet_cpu_isa_supported(duet_cpu_isa_t isa);

@@ -18,20 +18,15 @@ static char *run(const char *cmd, int *rc)
     FILE *f = popen(cmd, "r");
     if (!f)
         return NULL;
-    size_t cap = 1 << 16, len = 0;
+    size_t cap = 1 << 16, len = 0, n;
     char *buf = malloc(cap);
-    size_t n;
-    while (buf && (n = fread(buf + len, 1, cap - 1 - len, f)) > 0) {
-        len += n;
-        if (len == cap - 1) {
+    while (buf && (n = fread(buf + len, 1, cap - 1 - len, f)) > 0)
+        if ((len += n) == cap - 1) {
             char *bigger = realloc(buf, cap *= 2);
-            if (!bigger) {
+            if (!bigger)
                 free(buf);
-                buf = NULL;
-            }
             buf = bigger;
         }
-    }
     *rc = pclose(f);
     if (buf)
         buf[len] = '\0';
